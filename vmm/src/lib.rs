@@ -1,0 +1,1 @@
+//! A KVM PC machine built around a QEMU-style memory model.
