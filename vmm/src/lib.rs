@@ -1,1 +1,3 @@
 //! A KVM PC machine built around a QEMU-style memory model.
+
+pub mod memory;

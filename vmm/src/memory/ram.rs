@@ -1,0 +1,251 @@
+//! Host memory behind RAM, ROM and RAM-device regions.
+//!
+//! A [`RamBlock`] is one host mapping with a file behind it, so that other
+//! processes (vhost-user backends, vfio-user servers) can map the same pages:
+//! guest RAM is a shared memfd; a RAM device is an mmap of a device region
+//! (a VFIO BAR) whose file and offset the creator hands over.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::ptr::NonNull;
+
+/// Errors creating host memory.
+#[derive(Debug, thiserror::Error)]
+pub enum RamError {
+    #[error("RAM block {name:?} has size zero")]
+    ZeroSize { name: String },
+    #[error("RAM block name {0:?} contains a NUL byte")]
+    BadName(String),
+    #[error("memfd_create for RAM block {name:?} failed")]
+    Memfd {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot size RAM block {name:?} to {size:#x} bytes")]
+    Truncate {
+        name: String,
+        size: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot map RAM block {name:?} ({size:#x} bytes)")]
+    Mmap {
+        name: String,
+        size: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One host mapping that backs guest-visible memory.
+#[derive(Debug)]
+pub struct RamBlock {
+    name: String,
+    host: NonNull<u8>,
+    size: u64,
+    file: File,
+    file_offset: u64,
+    /// Whether dropping the block unmaps `host` (false for mappings a
+    /// device owns and unmaps itself).
+    owns_mapping: bool,
+}
+
+// SAFETY: the block is a plain host mapping; the pointer is only an address
+// that is valid for the block's life, and all access through it goes through
+// raw-pointer copies whose callers bound them to `size`.
+unsafe impl Send for RamBlock {}
+// SAFETY: as for Send; the block has no interior state besides the mapping.
+unsafe impl Sync for RamBlock {}
+
+impl RamBlock {
+    /// Creates `size` bytes of zeroed RAM on a new sealed-size shared memfd.
+    pub fn new_memfd(name: &str, size: u64) -> Result<Self, RamError> {
+        if size == 0 {
+            return Err(RamError::ZeroSize { name: name.into() });
+        }
+        let cname = CString::new(name).map_err(|_| RamError::BadName(name.into()))?;
+        // SAFETY: memfd_create reads a NUL-terminated string we own and
+        // returns a new descriptor or -1.
+        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(RamError::Memfd {
+                name: name.into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: fd is a new descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(size).map_err(|source| RamError::Truncate {
+            name: name.into(),
+            size,
+            source,
+        })?;
+        let host = map_shared(&file, 0, size).map_err(|source| RamError::Mmap {
+            name: name.into(),
+            size,
+            source,
+        })?;
+        Ok(RamBlock {
+            name: name.into(),
+            host,
+            size,
+            file,
+            file_offset: 0,
+            owns_mapping: true,
+        })
+    }
+
+    /// Wraps a mapping the caller made (a device BAR mmap) of `file` at
+    /// `file_offset`.
+    ///
+    /// # Safety
+    ///
+    /// `host` must point to `size` bytes mapped from `file` at `file_offset`
+    /// that stay mapped for as long as the returned block lives; the caller
+    /// unmaps them after the block is dropped.
+    pub unsafe fn from_device_mapping(
+        name: &str,
+        host: NonNull<u8>,
+        size: u64,
+        file: File,
+        file_offset: u64,
+    ) -> Self {
+        RamBlock {
+            name: name.into(),
+            host,
+            size,
+            file,
+            file_offset,
+            owns_mapping: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Host virtual address of the first byte.
+    pub fn host_addr(&self) -> u64 {
+        self.host.as_ptr() as u64
+    }
+
+    /// The file behind the mapping, for handing to another process.
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Offset of the first byte in [`RamBlock::fd`].
+    pub fn file_offset(&self) -> u64 {
+        self.file_offset
+    }
+
+    /// Copies out of the block; bytes past its end are left untouched.
+    /// Returns how many bytes were copied.
+    pub fn read(&self, offset: u64, data: &mut [u8]) -> usize {
+        let n = self.clamp(offset, data.len());
+        if n > 0 {
+            // SAFETY: clamp bounds [offset, offset + n) inside the mapping,
+            // which lives as long as self; `data` is a distinct buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.host.as_ptr().add(offset as usize),
+                    data.as_mut_ptr(),
+                    n,
+                )
+            };
+        }
+        n
+    }
+
+    /// Copies into the block; bytes past its end are dropped. Returns how
+    /// many bytes were copied.
+    pub fn write(&self, offset: u64, data: &[u8]) -> usize {
+        let n = self.clamp(offset, data.len());
+        if n > 0 {
+            // SAFETY: as in read; the mapping is writable (PROT_WRITE).
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    data.as_ptr(),
+                    self.host.as_ptr().add(offset as usize),
+                    n,
+                )
+            };
+        }
+        n
+    }
+
+    fn clamp(&self, offset: u64, len: usize) -> usize {
+        if offset >= self.size {
+            return 0;
+        }
+        (self.size - offset).min(len as u64) as usize
+    }
+}
+
+impl Drop for RamBlock {
+    fn drop(&mut self) {
+        if self.owns_mapping {
+            // SAFETY: the mapping was made by map_shared with this size and
+            // nothing refers to it once the block is dropped.
+            unsafe { libc::munmap(self.host.as_ptr().cast(), self.size as usize) };
+        }
+    }
+}
+
+fn map_shared(file: &File, offset: u64, size: u64) -> std::io::Result<NonNull<u8>> {
+    let len = usize::try_from(size).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a fresh shared mapping of a file we hold open; the kernel
+    // picks the address, so no existing mapping is replaced.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_NORESERVE,
+            file.as_raw_fd(),
+            offset as libc::off_t,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::from_raw_os_error(libc::EFAULT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn memfd_is_shared_with_the_file() {
+        let b = RamBlock::new_memfd("t", 0x2000).unwrap();
+        assert_eq!(b.write(0x1ff8, &[1, 2, 3, 4, 5, 6, 7, 8, 9]), 8);
+        let mut buf = [0u8; 4];
+        b.file().read_exact_at(&mut buf, 0x1ff8).unwrap();
+        assert_eq!(buf, [1, 2, 3, 4]);
+        b.file().write_all_at(&[0xaa], 0x10).unwrap();
+        let mut one = [0u8];
+        assert_eq!(b.read(0x10, &mut one), 1);
+        assert_eq!(one, [0xaa]);
+        assert_eq!(b.read(0x2000, &mut one), 0);
+    }
+
+    #[test]
+    fn zero_size_is_refused() {
+        assert!(matches!(
+            RamBlock::new_memfd("z", 0),
+            Err(RamError::ZeroSize { .. })
+        ));
+    }
+}
