@@ -1,3 +1,4 @@
 //! A KVM PC machine built around a QEMU-style memory model.
 
+pub mod machine;
 pub mod memory;

@@ -20,8 +20,12 @@ fn type_word(mr: &MemoryRegion) -> &'static str {
     }
 }
 
-/// The last byte of `[start, start + size)`, as QEMU prints it.
+/// The last byte of `[start, start + size)`, as QEMU prints it: a size of
+/// `u64::MAX` stands for the whole 64-bit space, as in QEMU.
 fn last(start: u64, size: u64) -> u64 {
+    if size == u64::MAX {
+        return start.wrapping_add(u64::MAX);
+    }
     start.wrapping_add(size.saturating_sub(1))
 }
 

@@ -22,20 +22,26 @@ pub struct Refuse {
     pub region: Option<String>,
     /// Only for ioeventfds at this address (None: any).
     pub addr: Option<u64>,
+    /// Never refuse ranges listed here (what was held before, so a
+    /// rollback can restore it).
+    pub keep: Option<BTreeMap<u64, Held>>,
 }
 
 /// One range as a recorder holds it: (size, region name, offset in region).
 pub type Held = (u64, String, u64);
+/// Ioeventfds a recorder holds: (address, datamatch).
+pub type HeldEventfds = Arc<Mutex<Vec<(u64, Option<u64>)>>>;
 
 pub struct Recorder {
     name: String,
     priority: i32,
     log: CallLog,
-    /// When false, nops and begin/commit are not written (benchmarks).
+    /// When false nothing is written to the log, only the held set is kept
+    /// (benchmarks).
     pub verbose: bool,
     pub refuse: Arc<Mutex<Option<Refuse>>>,
     pub held: Arc<Mutex<BTreeMap<u64, Held>>>,
-    pub eventfds: Arc<Mutex<Vec<(u64, Option<u64>)>>>,
+    pub eventfds: HeldEventfds,
     pub logging: Arc<Mutex<BTreeMap<u64, u8>>>,
 }
 
@@ -53,11 +59,14 @@ impl Recorder {
         }
     }
 
-    fn note(&self, what: String) {
+    fn note(&self, what: impl FnOnce() -> String) {
+        if !self.verbose {
+            return;
+        }
         self.log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(format!("{} {what}", self.name));
+            .push(format!("{} {}", self.name, what()));
     }
 
     fn refused(&self, hook: &str, r: Option<&FlatRange>) -> HookResult {
@@ -68,7 +77,14 @@ impl Recorder {
                 (Some(_), None) => false,
                 (None, _) => true,
             };
-            if f.hook == hook && region_ok {
+            let kept = match (&f.keep, r) {
+                (Some(keep), Some(r)) => {
+                    keep.get(&r.addr)
+                        == Some(&(r.size, r.region.name().to_string(), r.offset_in_region))
+                }
+                _ => false,
+            };
+            if f.hook == hook && region_ok && !kept {
                 return Err(format!("{} refuses {hook}", self.name).into());
             }
         }
@@ -107,19 +123,19 @@ impl MemoryListener for Recorder {
     }
     fn begin(&mut self) {
         if self.verbose {
-            self.note("begin".into());
+            self.note(|| "begin".into());
         }
     }
     fn commit(&mut self) -> HookResult {
         self.refused("commit", None)?;
         if self.verbose {
-            self.note("commit".into());
+            self.note(|| "commit".into());
         }
         Ok(())
     }
     fn region_add(&mut self, r: &FlatRange) -> HookResult {
         self.refused("region_add", Some(r))?;
-        self.note(format!("add {}", describe(r)));
+        self.note(|| format!("add {}", describe(r)));
         let prev = self.held.lock().unwrap().insert(
             r.addr,
             (r.size, r.region.name().to_string(), r.offset_in_region),
@@ -128,7 +144,7 @@ impl MemoryListener for Recorder {
         Ok(())
     }
     fn region_del(&mut self, r: &FlatRange) {
-        self.note(format!("del {}", describe(r)));
+        self.note(|| format!("del {}", describe(r)));
         let gone = self.held.lock().unwrap().remove(&r.addr);
         assert!(
             gone.is_some(),
@@ -138,17 +154,17 @@ impl MemoryListener for Recorder {
     }
     fn region_nop(&mut self, r: &FlatRange) {
         if self.verbose {
-            self.note(format!("nop {}", describe(r)));
+            self.note(|| format!("nop {}", describe(r)));
         }
     }
     fn log_start(&mut self, r: &FlatRange, old: u8, new: u8) -> HookResult {
         self.refused("log_start", Some(r))?;
-        self.note(format!("log_start {} {old:#x}->{new:#x}", describe(r)));
+        self.note(|| format!("log_start {} {old:#x}->{new:#x}", describe(r)));
         self.logging.lock().unwrap().insert(r.addr, new);
         Ok(())
     }
     fn log_stop(&mut self, r: &FlatRange, old: u8, new: u8) {
-        self.note(format!("log_stop {} {old:#x}->{new:#x}", describe(r)));
+        self.note(|| format!("log_stop {} {old:#x}->{new:#x}", describe(r)));
         let mut l = self.logging.lock().unwrap();
         if new == 0 {
             l.remove(&r.addr);
@@ -157,39 +173,39 @@ impl MemoryListener for Recorder {
         }
     }
     fn log_sync(&mut self, r: &FlatRange) {
-        self.note(format!("log_sync {}", describe(r)));
+        self.note(|| format!("log_sync {}", describe(r)));
     }
     fn log_clear(&mut self, r: &FlatRange) {
-        self.note(format!("log_clear {}", describe(r)));
+        self.note(|| format!("log_clear {}", describe(r)));
     }
     fn log_global_start(&mut self) -> HookResult {
         self.refused("log_global_start", None)?;
-        self.note("log_global_start".into());
+        self.note(|| "log_global_start".into());
         Ok(())
     }
     fn log_global_stop(&mut self) {
-        self.note("log_global_stop".into());
+        self.note(|| "log_global_stop".into());
     }
     fn eventfd_add(&mut self, e: &Ioeventfd) -> HookResult {
         let at = self.refuse.lock().unwrap().as_ref().and_then(|f| f.addr);
         if at.is_none() || at == Some(e.addr) {
             self.refused("eventfd_add", None)?;
         }
-        self.note(format!("eventfd_add {:#x} {:?}", e.addr, e.datamatch));
+        self.note(|| format!("eventfd_add {:#x} {:?}", e.addr, e.datamatch));
         self.eventfds.lock().unwrap().push((e.addr, e.datamatch));
         Ok(())
     }
     fn eventfd_del(&mut self, e: &Ioeventfd) {
-        self.note(format!("eventfd_del {:#x} {:?}", e.addr, e.datamatch));
+        self.note(|| format!("eventfd_del {:#x} {:?}", e.addr, e.datamatch));
         self.eventfds
             .lock()
             .unwrap()
             .retain(|x| *x != (e.addr, e.datamatch));
     }
     fn coalesced_io_add(&mut self, _r: &FlatRange, addr: u64, size: u64) {
-        self.note(format!("coalesced_add {addr:#x}+{size:#x}"));
+        self.note(|| format!("coalesced_add {addr:#x}+{size:#x}"));
     }
     fn coalesced_io_del(&mut self, _r: &FlatRange, addr: u64, size: u64) {
-        self.note(format!("coalesced_del {addr:#x}+{size:#x}"));
+        self.note(|| format!("coalesced_del {addr:#x}+{size:#x}"));
     }
 }

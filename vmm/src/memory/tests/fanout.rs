@@ -61,6 +61,7 @@ impl Rig {
             hook,
             region: region.map(String::from),
             addr,
+            keep: None,
         });
     }
 
@@ -277,6 +278,7 @@ fn a_refused_replay_leaves_the_listener_unregistered_and_empty() {
         hook: "region_add",
         region: Some("b".into()),
         addr: None,
+        keep: None,
     });
     let held = r.held.clone();
     let err = mem.register_listener(&space, Box::new(r)).unwrap_err();
@@ -634,10 +636,14 @@ fn another_thread_waits_for_the_outermost_commit() {
 /// A device-side listener (prio 0) and a guest-side one (prio 10) share a
 /// record of what each can reach. At every call the guest's set must be
 /// within the device's: DMA always reaches what the guest can.
+/// (addr, size) ranges the device side [0] and the guest side [1] reach.
+type ReachSets = Arc<Mutex<[Vec<(u64, u64)>; 2]>>;
+type Step<'a> = Box<dyn Fn(&crate::memory::Transaction<'_>) + 'a>;
+
 struct Reach {
     name: &'static str,
     prio: i32,
-    sets: Arc<Mutex<[Vec<(u64, u64)>; 2]>>,
+    sets: ReachSets,
     idx: usize,
 }
 
@@ -684,7 +690,7 @@ fn dma_reach_stays_a_superset_of_guest_reach() {
     let ram = MemoryRegion::ram("ram", 0x100000).unwrap();
     let dimm = MemoryRegion::ram("dimm", 0x100000).unwrap();
     let hole = io("hole", 0x1000);
-    let steps: Vec<Box<dyn Fn(&crate::memory::Transaction<'_>)>> = vec![
+    let steps: Vec<Step> = vec![
         Box::new(|tx| tx.add_subregion(&root, 0, &ram).unwrap()),
         Box::new(|tx| tx.add_subregion(&root, 1 << 32, &dimm).unwrap()),
         Box::new(|tx| tx.add_subregion_overlap(&root, 0x8000, &hole, 1).unwrap()),
