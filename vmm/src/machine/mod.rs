@@ -2,8 +2,10 @@
 
 pub mod layout;
 pub mod pam;
+pub mod requests;
 
 #[cfg(test)]
 mod tests;
 
 pub use layout::PcMemory;
+pub use requests::{Request, Requests};
