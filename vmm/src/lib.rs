@@ -1,4 +1,5 @@
 //! A KVM PC machine built around a QEMU-style memory model.
 
+pub mod kvm;
 pub mod machine;
 pub mod memory;

@@ -209,3 +209,13 @@ impl MemoryListener for Recorder {
         self.note(|| format!("coalesced_del {addr:#x}+{size:#x}"));
     }
 }
+
+/// An I/O region handler that reads zeros and drops writes.
+pub struct NopOps;
+
+impl super::RegionOps for NopOps {
+    fn read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&self, _offset: u64, _data: &[u8]) {}
+}
