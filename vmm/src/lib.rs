@@ -1,1 +1,2 @@
 //! A KVM PC machine built around a QEMU-style memory model.
+pub mod boot;
