@@ -13,6 +13,11 @@
 //!    assembler into .data, so setting them up costs no instructions;
 //! 4. `iretq`s to ring 3 with IOPL 3 and interrupts off and calls
 //!    `probe_main(boot_params)` there.
+//!
+//! Port I/O from ring 3 is granted twice: by IOPL 3 and by an all-zero I/O
+//! permission bitmap in the TSS. PVM keeps the hardware IOPL at 0 and drops
+//! the guest's IOPL on the way to ring 3, so there every `in`/`out` faults
+//! into KVM's emulator, which then allows it through the guest's bitmap.
 
 use core::arch::global_asm;
 
@@ -34,7 +39,8 @@ _start:
     mov %rsi, %r15
     lea kernel_stack_top(%rip), %rsp
 
-    /* TSS descriptor: limit 103, type 0x89, base split over the fields. */
+    /* TSS descriptor: limit 104 + 8192 (the I/O bitmap), type 0x89,
+       base split over the fields. */
     lea tss(%rip), %rax
     mov %rax, %rdx
     and $0xffffff, %edx
@@ -43,7 +49,7 @@ _start:
     shr $24, %rcx
     shl $56, %rcx
     or %rcx, %rdx
-    movabs $0x0000890000000067, %rcx
+    movabs $0x0000890000002068, %rcx
     or %rcx, %rdx
     mov %rdx, gdt_tss(%rip)
     shr $32, %rax
@@ -171,7 +177,10 @@ tss:
     .quad 0, 0, 0, 0, 0, 0, 0   /* ist1..ist7 */
     .quad 0
     .word 0
-    .word 104                   /* no I/O bitmap: IOPL 3 grants the ports */
+    .word 104                   /* I/O bitmap right after the TSS */
+io_bitmap:
+    .fill 8192, 1, 0            /* every port allowed */
+    .byte 0xff                  /* the terminator the CPU reads past the end */
 
     /* Identity map of 0..4 GiB in 2 MiB pages, user-accessible. */
     .section .data.pagetables, "aw"
