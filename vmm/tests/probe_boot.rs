@@ -1,0 +1,250 @@
+//! Boots the probe guest on /dev/kvm through `boot` and `kvm`.
+//! These tests need /dev/kvm and fail, saying so, without it.
+
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm::boot::{self, BootSpec, CpuTemplate};
+use vmm::kvm::{ExitAction, ExitHandler, VcpuEvent, VcpuSet, VcpuStop, Vm};
+
+const MEM_SIZE: u64 = 256 << 20;
+const PCI_HOLE_START: u64 = 0xc000_0000;
+const COM1: u16 = 0x3f8;
+const COM1_LSR: u16 = 0x3fd;
+const DEBUG_EXIT: u16 = 0x501;
+/// The probe's image lies between 1 MiB and 2 MiB.
+const PROBE_IMAGE: std::ops::Range<u64> = 0x10_0000..0x20_0000;
+const USER_CS: u16 = 0x23;
+/// Top of the probe's ring-0 stack (its `kernel_stack_top` symbol).
+const PROBE_KERNEL_STACK_TOP: u64 = 0x10_c000;
+
+/// Collects COM1 output and the debug-exit status; answers all ones elsewhere.
+#[derive(Default)]
+struct ProbeHandler {
+    serial: Mutex<Vec<u8>>,
+    exit_status: Mutex<Option<u32>>,
+}
+
+impl ProbeHandler {
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&self.serial.lock().unwrap()).replace('\r', "")
+    }
+}
+
+impl ExitHandler for ProbeHandler {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        let value = match port {
+            // THR empty, transmitter empty.
+            COM1_LSR => 0x60,
+            _ => 0xff,
+        };
+        data.fill(value);
+    }
+
+    fn pio_write(&self, port: u16, data: &[u8]) -> ExitAction {
+        match port {
+            COM1 => {
+                self.serial.lock().unwrap().extend_from_slice(&data[..1]);
+                ExitAction::Continue
+            }
+            DEBUG_EXIT => {
+                let mut bytes = [0u8; 4];
+                let n = data.len().min(4);
+                bytes[..n].copy_from_slice(&data[..n]);
+                *self.exit_status.lock().unwrap() = Some(u32::from_le_bytes(bytes));
+                ExitAction::Poweroff
+            }
+            _ => ExitAction::Continue,
+        }
+    }
+
+    fn mmio_read(&self, _addr: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+
+    fn mmio_write(&self, _addr: u64, _data: &[u8]) -> ExitAction {
+        ExitAction::Continue
+    }
+}
+
+struct Guest {
+    mem: GuestMemoryMmap,
+    handler: Arc<ProbeHandler>,
+    vcpus: VcpuSet,
+    events: Receiver<VcpuEvent>,
+    started: Instant,
+}
+
+fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!("this test needs /dev/kvm, which cannot be opened: {e}");
+    }
+}
+
+fn boot_probe(cmdline: &str) -> Guest {
+    require_kvm();
+    let elf = testkit::probe::build().expect("probe builds");
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+    let vm = Arc::new(Vm::new().expect("VM with irqchip and PIT"));
+    vm.map_memory(&mem).unwrap();
+    let e820 = boot::pc_layout(MEM_SIZE, PCI_HOLE_START);
+    let info = boot::load(
+        &mem,
+        &BootSpec {
+            kernel: &elf,
+            cmdline,
+            initrd: None,
+            e820: &e820,
+        },
+    )
+    .expect("probe loads");
+    assert_eq!(info.entry(), GuestAddress(0x10_0000));
+    let template = CpuTemplate::from_kvm(vm.kvm()).unwrap();
+    let vcpu = vm.create_vcpu(0).unwrap();
+    boot::setup_vcpu(&vcpu, &template, 0, 1, Some(&info)).expect("vCPU set up");
+    let handler = Arc::new(ProbeHandler::default());
+    let (tx, events) = channel();
+    let started = Instant::now();
+    let vcpus = VcpuSet::spawn(vm, vec![vcpu], handler.clone(), tx).unwrap();
+    Guest {
+        mem,
+        handler,
+        vcpus,
+        events,
+        started,
+    }
+}
+
+#[test]
+fn probe_passes_its_checks() {
+    let guest = boot_probe("console=ttyS0 probe=none");
+    let event = guest
+        .events
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("no exit in 120 s; output:\n{}", guest.handler.output()));
+    let elapsed = guest.started.elapsed();
+    let output = guest.handler.output();
+    eprintln!("probe output ({elapsed:?} from vCPU start to exit):\n{output}");
+    assert_eq!(
+        event,
+        VcpuEvent {
+            cpu: 0,
+            stop: VcpuStop::Poweroff
+        },
+        "{output}"
+    );
+    let status = guest
+        .handler
+        .exit_status
+        .lock()
+        .unwrap()
+        .unwrap_or(u32::MAX);
+    assert_eq!(status, 0, "{output}{}", exception_report(&guest, status));
+    for line in [
+        "boot_params has the boot flag and HdrS",
+        "e820 table has entries: 3 entries",
+        "e820 has usable RAM at 0",
+        "e820 has usable RAM at 1 MiB: 255 MiB",
+        "e820 entries are sorted and disjoint",
+        "command line is readable",
+        "RAM above 1 MiB is read/write: 5 pages tested",
+        "pci bus 0 scanned: 0 functions",
+    ] {
+        assert!(
+            output.lines().any(|l| l.starts_with("ok ")
+                && l.split_once(" - ")
+                    .is_some_and(|(_, check)| check.starts_with(line))),
+            "no `ok` line for {line:?} in:\n{output}"
+        );
+    }
+    assert!(
+        output.contains("# cmdline: console=ttyS0 probe=none"),
+        "{output}"
+    );
+    assert!(!output.contains("not ok"), "{output}");
+    assert!(output.contains("\n1..8\n"), "{output}");
+}
+
+/// The probe's exception stubs run on its kernel stack (top at
+/// `PROBE_KERNEL_STACK_TOP`) and report `0x100 | vector`; the CPU's frame
+/// is still there: error code (if any), RIP, CS, RFLAGS, RSP, SS.
+fn exception_report(guest: &Guest, status: u32) -> String {
+    if !(0x100..0x120).contains(&status) {
+        return String::new();
+    }
+    let vector = status & 0xff;
+    let has_error_code = matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30);
+    let words = if has_error_code { 6 } else { 5 };
+    let frame: Vec<u64> = (0..words)
+        .map(|i| {
+            let addr = PROBE_KERNEL_STACK_TOP - 8 * (words - i);
+            guest.mem.read_obj(GuestAddress(addr)).unwrap_or(u64::MAX)
+        })
+        .collect();
+    format!("\nCPU exception {vector} in the probe, frame (error code?, rip, cs, rflags, rsp, ss): {frame:#x?}")
+}
+
+/// Waits until the guest has printed `text`.
+fn wait_for_output(guest: &Guest, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !guest.handler.output().contains(text) {
+        if let Ok(event) = guest.events.try_recv() {
+            panic!("vCPU stopped early: {event:?}\n{}", guest.handler.output());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in 120 s:\n{}",
+            guest.handler.output()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// RBX (the spin counter), RIP and CS of vCPU 0, read on its own thread.
+fn spin_state(vcpus: &VcpuSet) -> (u64, u64, u16) {
+    vcpus
+        .run_on_cpu(0, |fd| {
+            let regs = fd.get_regs().unwrap();
+            let sregs = fd.get_sregs().unwrap();
+            (regs.rbx, regs.rip, sregs.cs.selector)
+        })
+        .expect("vCPU runs the work")
+}
+
+#[test]
+fn kick_pause_resume_and_run_on_cpu_on_a_spinning_guest() {
+    let mut guest = boot_probe("probe=spin");
+    wait_for_output(&guest, "# spinning");
+
+    // The guest now loops in ring 3 without exits: only a kick gets the
+    // vCPU thread out of KVM_RUN, so work completing proves the kick.
+    let (count, rip, cs) = spin_state(&guest.vcpus);
+    assert!(PROBE_IMAGE.contains(&rip), "rip {rip:#x}");
+    assert_eq!(cs, USER_CS, "the probe spins in ring 3");
+    guest.vcpus.kick(0).unwrap();
+
+    guest.vcpus.pause();
+    assert!(guest.vcpus.is_paused(0).unwrap());
+    let (paused_a, _, _) = spin_state(&guest.vcpus);
+    std::thread::sleep(Duration::from_millis(50));
+    let (paused_b, _, _) = spin_state(&guest.vcpus);
+    assert_eq!(paused_a, paused_b, "a paused vCPU does not run");
+    assert!(paused_a >= count);
+
+    guest.vcpus.resume();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!guest.vcpus.is_paused(0).unwrap());
+    let (running, _, _) = spin_state(&guest.vcpus);
+    assert!(running > paused_b, "a resumed vCPU runs again");
+
+    guest.vcpus.stop();
+    let event = guest.events.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(event.stop, VcpuStop::Requested);
+    assert!(guest.vcpus.run_on_cpu(0, |_| ()).is_err());
+}
