@@ -72,6 +72,9 @@ where
         KernelFormat::BzImage => BzImage::load(mem, None, image, Some(HIMEM_START)),
     }
     .map_err(BootError::LoadKernel)?;
+    if format == KernelFormat::Elf {
+        zero_elf_bss(mem, image)?;
+    }
     let entry = match format {
         KernelFormat::Elf => loaded.kernel_load,
         // The 64-bit entry of a bzImage sits 0x200 past its 32-bit start.
@@ -92,6 +95,61 @@ where
         end: loaded.kernel_end,
         setup_header: loaded.setup_header,
     })
+}
+
+/// Zeroes what each ELF load segment has in memory beyond its file
+/// contents (.bss): linux-loader copies only the file part, and memory that
+/// held an earlier run (after a reset) is not zero.
+fn zero_elf_bss<F: Read + Seek>(mem: &GuestMemoryMmap, image: &mut F) -> Result<(), BootError> {
+    const PT_LOAD: u32 = 1;
+    const PHDR_SIZE: usize = 56;
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let u32_at =
+        |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at =
+        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+
+    // linux-loader has validated the header; read what it used.
+    let mut ehdr = [0u8; 64];
+    image
+        .seek(SeekFrom::Start(0))
+        .map_err(BootError::ReadKernel)?;
+    image.read_exact(&mut ehdr).map_err(BootError::ReadKernel)?;
+    let phoff = u64_at(&ehdr, 32);
+    let phnum = u16_at(&ehdr, 56);
+    image
+        .seek(SeekFrom::Start(phoff))
+        .map_err(BootError::ReadKernel)?;
+    for _ in 0..phnum {
+        let mut phdr = [0u8; PHDR_SIZE];
+        image.read_exact(&mut phdr).map_err(BootError::ReadKernel)?;
+        let (paddr, filesz, memsz) = (u64_at(&phdr, 24), u64_at(&phdr, 32), u64_at(&phdr, 40));
+        if u32_at(&phdr, 0) != PT_LOAD || memsz <= filesz {
+            continue;
+        }
+        let start = paddr
+            .checked_add(filesz)
+            .ok_or(BootError::KernelOutOfMemory)?;
+        zero_guest(mem, start, memsz - filesz)?;
+    }
+    Ok(())
+}
+
+/// Zeroes `len` bytes of guest memory from `start`, a chunk at a time.
+fn zero_guest(mem: &GuestMemoryMmap, start: u64, len: u64) -> Result<(), BootError> {
+    const CHUNK: u64 = 64 * 1024;
+    let zeros = [0u8; CHUNK as usize];
+    let mut done = 0;
+    while done < len {
+        let n = CHUNK.min(len - done);
+        let addr = start
+            .checked_add(done)
+            .ok_or(BootError::KernelOutOfMemory)?;
+        mem.write_slice(&zeros[..n as usize], GuestAddress(addr))
+            .map_err(|_| BootError::KernelOutOfMemory)?;
+        done += n;
+    }
+    Ok(())
 }
 
 /// Writes the command line to its fixed place; returns its length with NUL.
@@ -207,6 +265,19 @@ mod tests {
         assert!(loaded.setup_header.is_none());
         let code: u32 = mem.read_obj(GuestAddress(0x10_0000)).unwrap();
         assert_eq!(code, 0x9090_feeb);
+    }
+
+    #[test]
+    fn zeroes_elf_bss_left_from_before() {
+        let mem = memory(4 << 20);
+        mem.write_slice(&[0xaa; 0x3000], GuestAddress(0x10_0000))
+            .unwrap();
+        load_kernel(&mem, &mut Cursor::new(tiny_elf())).unwrap();
+        let mut bss = [0xffu8; 0x2000 - 4];
+        mem.read_slice(&mut bss, GuestAddress(0x10_0004)).unwrap();
+        assert!(bss.iter().all(|&b| b == 0));
+        let after: u8 = mem.read_obj(GuestAddress(0x10_2000)).unwrap();
+        assert_eq!(after, 0xaa, "nothing beyond the segment is touched");
     }
 
     #[test]
