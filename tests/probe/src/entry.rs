@@ -14,13 +14,15 @@
 //! 4. `iretq`s to ring 3 with IOPL 3 and interrupts off and calls
 //!    `probe_main(boot_params)` there.
 //!
+//! The ring-0 stack's top is 0x200000: after a CPU exception the frame
+//! (error code if any, RIP, CS, RFLAGS, RSP, SS) ends there.
+//!
 //! Port I/O from ring 3 is granted twice: by IOPL 3 and by an all-zero I/O
 //! permission bitmap in the TSS. PVM keeps the hardware IOPL at 0 and drops
 //! the guest's IOPL on the way to ring 3, so there every `in`/`out` faults
 //! into KVM's emulator, which then allows it through the guest's bitmap.
 
 use core::arch::global_asm;
-
 
 global_asm!(
     r#"
@@ -210,12 +212,14 @@ pd:
 idt:
     .skip 32 * 16
     .balign 4096
-kernel_stack:
-    .skip 4096
-kernel_stack_top:
 user_stack:
     .skip 64 * 1024
 user_stack_top:
+
+    .section .kernel_stack, "aw", @nobits
+kernel_stack:
+    .skip 4096
+kernel_stack_top:               /* 0x200000, fixed by link.ld */
 "#,
     options(att_syntax)
 );

@@ -4,6 +4,10 @@
 //! Output is TAP on COM1; the run ends by writing the number of failed checks
 //! to the debug-exit port (0x501). Statuses above 0xff: 0x100 | vector for a
 //! CPU exception, 0x1ff for a panic.
+//!
+//! `probe=` words on the command line select extras: `spin` loops in ring 3
+//! after the checks (counting in RBX, no exits) for the host's vCPU control
+//! tests; `exception` raises #UD after the checks.
 
 #![no_std]
 #![no_main]
@@ -30,6 +34,11 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     let cmdline = boot_checks(&params);
     ram::run(&params);
     pci::run();
+    if cmdline.selects("exception") {
+        diag!("raising #UD");
+        // SAFETY: ud2 faults; the exception stub ends the run with 0x106.
+        unsafe { core::arch::asm!("ud2", options(noreturn, nomem, nostack)) }
+    }
     if cmdline.selects("spin") {
         spin();
     }

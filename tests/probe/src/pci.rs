@@ -88,7 +88,11 @@ impl core::fmt::Display for Function {
 pub fn scan_bus(bus: u8, mut found: impl FnMut(&Function)) -> usize {
     let mut count = 0;
     for device in 0..32 {
-        let first = Bdf { bus, device, function: 0 };
+        let first = Bdf {
+            bus,
+            device,
+            function: 0,
+        };
         let Some(function0) = Function::probe(first) else {
             continue;
         };
@@ -98,7 +102,11 @@ pub fn scan_bus(bus: u8, mut found: impl FnMut(&Function)) -> usize {
             continue;
         }
         for function in 1..8 {
-            if let Some(f) = Function::probe(Bdf { bus, device, function }) {
+            if let Some(f) = Function::probe(Bdf {
+                bus,
+                device,
+                function,
+            }) {
                 found(&f);
                 count += 1;
             }

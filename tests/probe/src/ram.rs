@@ -59,7 +59,11 @@ pub fn run(params: &BootParams) {
     let pages = candidates(params);
     let mut tested = 0;
     let mut failure = None;
-    for addr in pages.iter().flatten() {
+    for (i, addr) in pages.iter().enumerate() {
+        let Some(addr) = addr else { continue };
+        if pages[..i].contains(&Some(*addr)) {
+            continue;
+        }
         tested += 1;
         if let Err(bad) = test_page(*addr) {
             failure = Some(bad);
