@@ -17,8 +17,8 @@ const DEBUG_EXIT: u16 = 0x501;
 /// The probe's image lies between 1 MiB and 2 MiB.
 const PROBE_IMAGE: std::ops::Range<u64> = 0x10_0000..0x20_0000;
 const USER_CS: u16 = 0x23;
-/// Top of the probe's ring-0 stack (its `kernel_stack_top` symbol).
-const PROBE_KERNEL_STACK_TOP: u64 = 0x10_c000;
+/// Top of the probe's ring-0 stack, fixed by its linker script.
+const PROBE_KERNEL_STACK_TOP: u64 = 0x20_0000;
 
 /// Collects COM1 output and the debug-exit status; answers all ones elsewhere.
 #[derive(Default)]
@@ -88,8 +88,14 @@ fn require_kvm() {
 }
 
 fn boot_probe(cmdline: &str) -> Guest {
-    require_kvm();
     let elf = testkit::probe::build().expect("probe builds");
+    boot_kernel(&elf, cmdline, 1)
+}
+
+/// Boots `kernel` on `cpus` vCPUs; vCPU 0 enters it, the others wait for
+/// INIT/SIPI in the in-kernel LAPIC.
+fn boot_kernel(kernel: &std::path::Path, cmdline: &str, cpus: u8) -> Guest {
+    require_kvm();
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
     let vm = Arc::new(Vm::new().expect("VM with irqchip and PIT"));
     vm.map_memory(&mem).unwrap();
@@ -97,7 +103,7 @@ fn boot_probe(cmdline: &str) -> Guest {
     let info = boot::load(
         &mem,
         &BootSpec {
-            kernel: &elf,
+            kernel,
             cmdline,
             initrd: None,
             e820: &e820,
@@ -106,12 +112,18 @@ fn boot_probe(cmdline: &str) -> Guest {
     .expect("probe loads");
     assert_eq!(info.entry(), GuestAddress(0x10_0000));
     let template = CpuTemplate::from_kvm(vm.kvm()).unwrap();
-    let vcpu = vm.create_vcpu(0).unwrap();
-    boot::setup_vcpu(&vcpu, &template, 0, 1, Some(&info)).expect("vCPU set up");
+    let vcpus: Vec<_> = (0..cpus)
+        .map(|cpu| {
+            let vcpu = vm.create_vcpu(cpu).unwrap();
+            let boot = (cpu == 0).then_some(&info);
+            boot::setup_vcpu(&vcpu, &template, cpu, cpus, boot).expect("vCPU set up");
+            vcpu
+        })
+        .collect();
     let handler = Arc::new(ProbeHandler::default());
     let (tx, events) = channel();
     let started = Instant::now();
-    let vcpus = VcpuSet::spawn(vm, vec![vcpu], handler.clone(), tx).unwrap();
+    let vcpus = VcpuSet::spawn(vm, vcpus, handler.clone(), tx).unwrap();
     Guest {
         mem,
         handler,
@@ -153,7 +165,7 @@ fn probe_passes_its_checks() {
         "e820 has usable RAM at 1 MiB: 255 MiB",
         "e820 entries are sorted and disjoint",
         "command line is readable",
-        "RAM above 1 MiB is read/write: 5 pages tested",
+        "RAM above 1 MiB is read/write: 4 pages tested",
         "pci bus 0 scanned: 0 functions",
     ] {
         assert!(
@@ -247,4 +259,119 @@ fn kick_pause_resume_and_run_on_cpu_on_a_spinning_guest() {
     let event = guest.events.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(event.stop, VcpuStop::Requested);
     assert!(guest.vcpus.run_on_cpu(0, |_| ()).is_err());
+}
+
+#[test]
+fn probe_exception_is_reported_with_its_frame() {
+    let guest = boot_probe("probe=exception");
+    let event = guest
+        .events
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the probe stops");
+    assert_eq!(event.stop, VcpuStop::Poweroff);
+    let status = guest.handler.exit_status.lock().unwrap().unwrap();
+    assert_eq!(status, 0x106, "#UD reported as 0x100 | 6");
+    let report = exception_report(&guest, status);
+    assert!(report.contains("CPU exception 6"), "{report}");
+    // Frame of #UD (no error code): rip, cs, ...
+    let rip: u64 = guest
+        .mem
+        .read_obj(GuestAddress(PROBE_KERNEL_STACK_TOP - 40))
+        .unwrap();
+    let cs: u64 = guest
+        .mem
+        .read_obj(GuestAddress(PROBE_KERNEL_STACK_TOP - 32))
+        .unwrap();
+    assert!(PROBE_IMAGE.contains(&rip), "rip {rip:#x}");
+    assert_eq!(cs, u64::from(USER_CS));
+}
+
+/// A minimal ELF: one segment at 1 MiB holding `code`, entered at its start.
+fn tiny_elf(code: &[u8]) -> Vec<u8> {
+    let mut elf = vec![0u8; 120];
+    elf[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
+    elf[16..18].copy_from_slice(&2u16.to_le_bytes());
+    elf[18..20].copy_from_slice(&62u16.to_le_bytes());
+    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+    elf[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes());
+    elf[32..40].copy_from_slice(&64u64.to_le_bytes());
+    elf[52..54].copy_from_slice(&64u16.to_le_bytes());
+    elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
+    elf[64..68].copy_from_slice(&1u32.to_le_bytes());
+    elf[68..72].copy_from_slice(&5u32.to_le_bytes());
+    elf[72..80].copy_from_slice(&120u64.to_le_bytes());
+    elf[80..88].copy_from_slice(&0x10_0000u64.to_le_bytes());
+    elf[88..96].copy_from_slice(&0x10_0000u64.to_le_bytes());
+    let len = code.len() as u64;
+    elf[96..104].copy_from_slice(&len.to_le_bytes());
+    elf[104..112].copy_from_slice(&len.to_le_bytes());
+    elf.extend_from_slice(code);
+    elf
+}
+
+#[test]
+fn triple_fault_is_reported_as_shutdown() {
+    // ud2 under the boot IDT, which has no valid gate: #UD, #GP, #DF, reset.
+    let dir = std::env::temp_dir().join(format!("vmm-triple-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kernel = dir.join("ud2.elf");
+    std::fs::write(&kernel, tiny_elf(&[0x0f, 0x0b])).unwrap();
+    let guest = boot_kernel(&kernel, "", 1);
+    let event = guest.events.recv_timeout(Duration::from_secs(60));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        event.expect("the vCPU stops"),
+        VcpuEvent {
+            cpu: 0,
+            stop: VcpuStop::Shutdown
+        }
+    );
+}
+
+#[test]
+fn pause_reaches_a_vcpu_parked_in_the_kernel() {
+    let elf = testkit::probe::build().expect("probe builds");
+    let mut guest = boot_kernel(&elf, "probe=spin", 2);
+    wait_for_output(&guest, "# spinning");
+    // vCPU 1 waits for INIT/SIPI inside KVM_RUN; only a signal gets it out.
+    guest.vcpus.pause();
+    assert!(guest.vcpus.is_paused(0).unwrap());
+    assert!(guest.vcpus.is_paused(1).unwrap());
+    let state = guest
+        .vcpus
+        .run_on_cpu(1, |fd| fd.get_mp_state().unwrap().mp_state)
+        .unwrap();
+    assert_eq!(state, kvm_bindings::KVM_MP_STATE_UNINITIALIZED);
+    let apic_id = guest
+        .vcpus
+        .run_on_cpu(1, |fd| {
+            fd.get_cpuid2(80)
+                .unwrap()
+                .as_slice()
+                .iter()
+                .find(|e| e.function == 1)
+                .map(|e| e.ebx >> 24)
+        })
+        .unwrap();
+    assert_eq!(apic_id, Some(1));
+    guest.vcpus.resume();
+    let (count, _, _) = spin_state(&guest.vcpus);
+    guest.vcpus.stop();
+    assert!(count > 0);
+    let mut stops: Vec<_> = guest.events.try_iter().collect();
+    stops.sort_by_key(|e| e.cpu);
+    assert_eq!(
+        stops,
+        vec![
+            VcpuEvent {
+                cpu: 0,
+                stop: VcpuStop::Requested
+            },
+            VcpuEvent {
+                cpu: 1,
+                stop: VcpuStop::Requested
+            },
+        ]
+    );
 }
