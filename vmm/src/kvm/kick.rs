@@ -5,6 +5,11 @@
 //! KVM_RUN gets EINTR from the signal; one about to enter it returns at
 //! once with EINTR because of the flag. The vCPU thread clears the flag
 //! after EINTR, before it looks at its requests.
+//!
+//! The handler is installed without SA_RESTART (vmm-sys-util's helper), so
+//! a kick that lands while the vCPU thread is in an exit handler's blocking
+//! system call makes that call fail with EINTR; handlers retry (std's
+//! `write_all`/`read_exact` do).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;

@@ -153,7 +153,9 @@ impl VcpuSet {
     }
 
     /// Stops every vCPU outside KVM_RUN and waits until all are held (or
-    /// have exited). Work from `run_on_cpu` still runs while paused.
+    /// have exited). Work from `run_on_cpu` still runs while paused. A vCPU
+    /// finishes the exit it is handling first: do not call this while
+    /// holding a lock an exit handler may wait for.
     pub fn pause(&self) {
         for vcpu in &self.vcpus {
             let mut state = vcpu.control.lock();

@@ -66,8 +66,9 @@ impl Vm {
     }
 
     /// Gives every region of `mem` to the guest as a memory slot at its
-    /// guest address. For simple machines and tests; the memory model's
-    /// KVM listener manages slots itself.
+    /// guest address, numbering slots from 0. For simple machines and
+    /// tests; the memory model's KVM listener manages slots itself, and the
+    /// two must not be mixed on one VM.
     pub fn map_memory(&self, mem: &GuestMemoryMmap) -> Result<(), KvmError> {
         let mut mapped = self.memory.lock().unwrap_or_else(|e| e.into_inner());
         for region in mem.iter() {
