@@ -375,3 +375,27 @@ fn pause_reaches_a_vcpu_parked_in_the_kernel() {
         ]
     );
 }
+
+#[test]
+fn emulation_failure_is_reported_with_registers() {
+    // PVM emulates ring 0 and cannot emulate `lock cmpxchg16b`; on hosts
+    // with hardware KVM it runs, and the ud2 after it triple-faults.
+    let dir = std::env::temp_dir().join(format!("vmm-emul-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kernel = dir.join("cmpxchg16b.elf");
+    let code = [0xf0, 0x48, 0x0f, 0xc7, 0x0c, 0x24, 0x0f, 0x0b];
+    std::fs::write(&kernel, tiny_elf(&code)).unwrap();
+    let guest = boot_kernel(&kernel, "", 1);
+    let event = guest.events.recv_timeout(Duration::from_secs(60));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stop = event.expect("the vCPU stops").stop;
+    eprintln!("{stop:?}");
+    match stop {
+        VcpuStop::InternalError { registers, .. } => {
+            assert!(registers.contains("rip=0x0000000000100000"), "{registers}");
+            assert!(registers.contains("cr3=0x9000"), "{registers}");
+        }
+        VcpuStop::Shutdown => {}
+        other => panic!("unexpected stop: {other:?}"),
+    }
+}
