@@ -1,2 +1,4 @@
 //! Test kit for the end-to-end suites: guest assets, the process harness for
 //! `vmm` and its peers, and a QMP client.
+
+pub mod probe;

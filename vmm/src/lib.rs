@@ -1,5 +1,6 @@
 //! A KVM PC machine built around a QEMU-style memory model.
 
+pub mod boot;
 pub mod kvm;
 pub mod machine;
 pub mod memory;
