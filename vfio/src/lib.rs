@@ -1,3 +1,11 @@
 //! The host side of VFIO: container, group and device through vfio-ioctls,
 //! and the DMA mapping rules the `vfio` memory listener follows. Knows nothing
 //! of the `vmm` crate: everything is plain addresses, sizes and file handles.
+
+pub mod container;
+pub mod dma;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod recorder;
+
+pub use container::ContainerMapper;
+pub use dma::{DmaError, DmaMapper, DmaRequest, DmaRules};

@@ -241,7 +241,7 @@ fn kick_pause_resume_and_run_on_cpu_on_a_spinning_guest() {
     assert_eq!(cs, USER_CS, "the probe spins in ring 3");
     guest.vcpus.kick(0).unwrap();
 
-    guest.vcpus.pause();
+    guest.vcpus.pause_parked();
     assert!(guest.vcpus.is_paused(0).unwrap());
     let (paused_a, _, _) = spin_state(&guest.vcpus);
     std::thread::sleep(Duration::from_millis(50));
@@ -335,7 +335,7 @@ fn pause_reaches_a_vcpu_parked_in_the_kernel() {
     let mut guest = boot_kernel(&elf, "probe=spin", 2);
     wait_for_output(&guest, "# spinning");
     // vCPU 1 waits for INIT/SIPI inside KVM_RUN; only a signal gets it out.
-    guest.vcpus.pause();
+    guest.vcpus.pause_parked();
     assert!(guest.vcpus.is_paused(0).unwrap());
     assert!(guest.vcpus.is_paused(1).unwrap());
     let state = guest

@@ -42,6 +42,8 @@ struct Control {
     changed: Condvar,
     /// Set (before `immediate_exit`) whenever there is something to look at.
     pending: AtomicBool,
+    /// The thread is in (or about to enter) KVM_RUN.
+    in_run: AtomicBool,
 }
 
 impl Control {
@@ -97,6 +99,7 @@ impl VcpuSet {
                 }),
                 changed: Condvar::new(),
                 pending: AtomicBool::new(false),
+                in_run: AtomicBool::new(false),
             });
             let runner = Runner {
                 cpu,
@@ -152,10 +155,12 @@ impl VcpuSet {
         Ok(())
     }
 
-    /// Stops every vCPU outside KVM_RUN and waits until all are held (or
-    /// have exited). Work from `run_on_cpu` still runs while paused. A vCPU
-    /// finishes the exit it is handling first: do not call this while
-    /// holding a lock an exit handler may wait for.
+    /// Returns once no vCPU is inside KVM_RUN, and none will enter it
+    /// until `resume`. A vCPU that is handling an exit may still be doing so
+    /// (even blocked on a lock the caller holds, such as the memory
+    /// transaction); it parks before its next KVM_RUN. So this may be called
+    /// from a vCPU's own exit handler, and while holding locks handlers
+    /// take. Work from `run_on_cpu` still runs while paused.
     pub fn pause(&self) {
         for vcpu in &self.vcpus {
             let mut state = vcpu.control.lock();
@@ -164,6 +169,23 @@ impl VcpuSet {
             }
             Self::kick_locked(vcpu, &state);
         }
+        for vcpu in &self.vcpus {
+            let mut state = vcpu.control.lock();
+            while !state.paused
+                && !state.exited
+                && state.wanted == Wanted::Pause
+                && vcpu.control.in_run.load(Ordering::SeqCst)
+            {
+                state = vcpu.control.wait(state);
+            }
+        }
+    }
+
+    /// Like `pause`, and also waits until every vCPU is parked (or gone):
+    /// none is running an exit handler. Must not be called from a vCPU
+    /// thread or while holding a lock an exit handler may wait for.
+    pub fn pause_parked(&self) {
+        self.pause();
         for vcpu in &self.vcpus {
             let mut state = vcpu.control.lock();
             while !state.paused && !state.exited && state.wanted == Wanted::Pause {
@@ -279,13 +301,25 @@ impl Runner {
 
     fn run_loop(&mut self) -> VcpuStop {
         loop {
+            // Announce the run before looking for requests: a pauser that
+            // sets `pending` after this load sees `in_run` and waits for the
+            // kick to bring this thread out.
+            self.control.in_run.store(true, Ordering::SeqCst);
             if self.control.pending.load(Ordering::SeqCst) {
+                self.control.in_run.store(false, Ordering::SeqCst);
                 if let Serviced::Stop = self.service() {
                     return VcpuStop::Requested;
                 }
+                continue;
             }
             let run = self.fd.get_kvm_run() as *mut kvm_run;
             let result = self.fd.run();
+            self.control.in_run.store(false, Ordering::SeqCst);
+            if self.control.pending.load(Ordering::SeqCst) {
+                // Someone may be waiting for this thread to leave KVM_RUN.
+                let _state = self.control.lock();
+                self.control.changed.notify_all();
+            }
             let stop = match result {
                 Ok(exit) => dispatch(self.handler.as_ref(), run, exit),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
