@@ -4,3 +4,4 @@ pub mod boot;
 pub mod kvm;
 pub mod machine;
 pub mod memory;
+pub mod vfio;
