@@ -1,2 +1,8 @@
 //! The vhost-user frontend: protocol client, memory-table builder and dirty
 //! log. Knows nothing of the `vmm` crate.
+
+pub mod memtable;
+pub mod sink;
+
+pub use memtable::{MemRegion, MemTable, Update};
+pub use sink::{apply, FrontendSink, MemTableSink, SinkError};

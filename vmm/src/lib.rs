@@ -5,3 +5,4 @@ pub mod kvm;
 pub mod machine;
 pub mod memory;
 pub mod vfio;
+pub mod vhost_user;

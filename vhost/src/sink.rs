@@ -1,0 +1,130 @@
+//! Where a memory table goes: a vhost-user backend over its socket, or a
+//! test double.
+
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo};
+
+use crate::memtable::{diff, MemRegion, Update};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("the backend has {max} memory slots; the table needs {need}")]
+    NoSlots { need: usize, max: u64 },
+    #[error("the backend refused {what}")]
+    Refused {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The memory-table messages of a vhost-user frontend.
+pub trait MemTableSink: Send {
+    /// Whether the backend negotiated CONFIGURE_MEM_SLOTS.
+    fn mem_slots(&self) -> bool;
+    /// How many regions the backend can hold.
+    fn max_regions(&self) -> u64;
+    fn set_mem_table(&mut self, regions: &[MemRegion]) -> Result<(), SinkError>;
+    fn add_mem_region(&mut self, r: &MemRegion) -> Result<(), SinkError>;
+    fn remove_mem_region(&mut self, r: &MemRegion) -> Result<(), SinkError>;
+}
+
+fn info(r: &MemRegion) -> VhostUserMemoryRegionInfo {
+    VhostUserMemoryRegionInfo {
+        guest_phys_addr: r.gpa,
+        memory_size: r.size,
+        userspace_addr: r.host,
+        mmap_offset: r.fd_offset,
+        mmap_handle: r.fd,
+    }
+}
+
+fn refused(what: String, e: vhost::Error) -> SinkError {
+    SinkError::Refused {
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// A connected vhost-user backend.
+pub struct FrontendSink {
+    pub frontend: Arc<Mutex<Frontend>>,
+    pub mem_slots: bool,
+    pub max_regions: u64,
+}
+
+impl MemTableSink for FrontendSink {
+    fn mem_slots(&self) -> bool {
+        self.mem_slots
+    }
+    fn max_regions(&self) -> u64 {
+        self.max_regions
+    }
+    fn set_mem_table(&mut self, regions: &[MemRegion]) -> Result<(), SinkError> {
+        let infos: Vec<_> = regions.iter().map(info).collect();
+        let f = self.frontend.lock().unwrap_or_else(|e| e.into_inner());
+        f.set_mem_table(&infos)
+            .map(|_| ())
+            .map_err(|e| refused(format!("SET_MEM_TABLE of {} regions", regions.len()), e))
+    }
+    fn add_mem_region(&mut self, r: &MemRegion) -> Result<(), SinkError> {
+        let mut f = self.frontend.lock().unwrap_or_else(|e| e.into_inner());
+        f.add_mem_region(&info(r))
+            .map(|_| ())
+            .map_err(|e| refused(format!("ADD_MEM_REG {:#x}+{:#x}", r.gpa, r.size), e))
+    }
+    fn remove_mem_region(&mut self, r: &MemRegion) -> Result<(), SinkError> {
+        let mut f = self.frontend.lock().unwrap_or_else(|e| e.into_inner());
+        f.remove_mem_region(&info(r))
+            .map_err(|e| refused(format!("REM_MEM_REG {:#x}+{:#x}", r.gpa, r.size), e))
+    }
+}
+
+/// Brings `sink` from `old` to `new`. On a refusal the backend is taken
+/// back to `old` (as far as it lets itself) and the refusal returned.
+pub fn apply(
+    sink: &mut dyn MemTableSink,
+    old: &[MemRegion],
+    new: &[MemRegion],
+) -> Result<(), SinkError> {
+    if new.len() as u64 > sink.max_regions() {
+        return Err(SinkError::NoSlots {
+            need: new.len(),
+            max: sink.max_regions(),
+        });
+    }
+    match diff(old, new, sink.mem_slots()) {
+        Update::None => Ok(()),
+        Update::Whole(t) => sink.set_mem_table(&t),
+        Update::Regions { remove, add } => {
+            for (i, r) in remove.iter().enumerate() {
+                if let Err(e) = sink.remove_mem_region(r) {
+                    undo(sink, &remove[..i], &[]);
+                    return Err(e);
+                }
+            }
+            for (i, r) in add.iter().enumerate() {
+                if let Err(e) = sink.add_mem_region(r) {
+                    undo(sink, &remove, &add[..i]);
+                    return Err(e);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn undo(sink: &mut dyn MemTableSink, removed: &[MemRegion], added: &[MemRegion]) {
+    for r in added {
+        if let Err(e) = sink.remove_mem_region(r) {
+            log::error!("vhost: cannot undo region {:#x}: {e}", r.gpa);
+        }
+    }
+    for r in removed {
+        if let Err(e) = sink.add_mem_region(r) {
+            log::error!("vhost: cannot restore region {:#x}: {e}", r.gpa);
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! vhost-user in the machine: the `vhost` memory listener that keeps every
+//! backend's memory table equal to guest RAM.
+
+pub mod listener;
+
+#[cfg(test)]
+mod listener_tests;
+
+pub use listener::VhostListener;
