@@ -4,5 +4,6 @@ pub mod boot;
 pub mod kvm;
 pub mod machine;
 pub mod memory;
+pub mod ratelimit;
 pub mod vfio;
 pub mod vhost_user;

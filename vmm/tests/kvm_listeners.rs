@@ -22,13 +22,13 @@ fn vm() -> Arc<kvm_ioctls::VmFd> {
 fn kvm_accepts_the_pc_map_a_pam_switch_and_a_hot_added_dimm() {
     let vm = vm();
     let mem = Memory::new();
-    let mut pc = PcMemory::new(&mem, 256 << 20).unwrap();
+    let pc = PcMemory::new(&mem, 256 << 20).unwrap();
     let l = KvmMemoryListener::new(KvmSlots::new(vm.clone()), None);
     mem.register_listener(&pc.memory, Box::new(l)).unwrap();
 
     let tx = mem.begin();
     for idx in 0..13 {
-        pc.pam.set_mode(&tx, idx, PamMode::ReadWrite);
+        pc.pam().set_mode(&tx, idx, PamMode::ReadWrite);
     }
     tx.commit().expect("KVM accepts the PAM switch");
 

@@ -231,7 +231,7 @@ fn spin_state(vcpus: &VcpuSet) -> (u64, u64, u16) {
 
 #[test]
 fn kick_pause_resume_and_run_on_cpu_on_a_spinning_guest() {
-    let mut guest = boot_probe("probe=spin");
+    let guest = boot_probe("probe=spin");
     wait_for_output(&guest, "# spinning");
 
     // The guest now loops in ring 3 without exits: only a kick gets the
@@ -332,7 +332,7 @@ fn triple_fault_is_reported_as_shutdown() {
 #[test]
 fn pause_reaches_a_vcpu_parked_in_the_kernel() {
     let elf = testkit::probe::build().expect("probe builds");
-    let mut guest = boot_kernel(&elf, "probe=spin", 2);
+    let guest = boot_kernel(&elf, "probe=spin", 2);
     wait_for_output(&guest, "# spinning");
     // vCPU 1 waits for INIT/SIPI inside KVM_RUN; only a signal gets it out.
     guest.vcpus.pause_parked();

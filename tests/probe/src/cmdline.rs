@@ -36,6 +36,13 @@ impl Cmdline {
         self.text.split_ascii_whitespace()
     }
 
+    /// The number in a `key=N` word (decimal), if present.
+    pub fn number(&self, key: &str) -> Option<u64> {
+        self.words()
+            .filter_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .find_map(|v| v.parse().ok())
+    }
+
     /// Whether `probe=` names `test` (`probe=spin,pci` selects both).
     pub fn selects(&self, test: &str) -> bool {
         self.words()

@@ -7,7 +7,8 @@
 //!
 //! `probe=` words on the command line select extras: `spin` loops in ring 3
 //! after the checks (counting in RBX, no exits) for the host's vCPU control
-//! tests; `exception` raises #UD after the checks.
+//! tests; `exception` raises #UD after the checks; `memloop` writes and
+//! reads RAM `memloop=N` times while the host changes the memory map.
 
 #![no_std]
 #![no_main]
@@ -16,6 +17,7 @@ mod bootparams;
 mod cmdline;
 mod entry;
 mod mem;
+mod memloop;
 mod pci;
 mod port;
 mod ram;
@@ -34,6 +36,9 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     let cmdline = boot_checks(&params);
     ram::run(&params);
     pci::run();
+    if cmdline.selects("memloop") {
+        memloop::run(cmdline.number("memloop").unwrap_or(1_000_000));
+    }
     if cmdline.selects("exception") {
         diag!("raising #UD");
         // SAFETY: ud2 faults; the exception stub ends the run with 0x106.

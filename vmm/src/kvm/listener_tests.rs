@@ -130,10 +130,10 @@ fn the_pc_map_gets_one_slot_per_ram_or_rom_range() {
 
 #[test]
 fn a_pam_switch_pauses_vcpus_and_deletes_before_it_adds() {
-    let mut rig = Rig::new(32);
+    let rig = Rig::new(32);
     rig.take();
     let tx = rig.mem.begin();
-    rig.pc.pam.set_mode(&tx, 0, PamMode::ReadWrite);
+    rig.pc.pam().set_mode(&tx, 0, PamMode::ReadWrite);
     tx.commit().unwrap();
     let ops = rig.take();
     assert_eq!(ops.first().map(String::as_str), Some("pause"));
@@ -204,16 +204,16 @@ fn running_out_of_slots_refuses_the_transaction_with_no_kvm_call() {
 
 #[test]
 fn a_kvm_refusal_midway_restores_the_slots_it_had_replaced() {
-    let mut rig = Rig::new(32);
+    let rig = Rig::new(32);
     rig.take();
     let before = rig.slots();
     // The switch deletes two slots and sets two: refuse the second set.
     *rig.fail_at.lock().unwrap() = Some(5 + 4);
     let tx = rig.mem.begin();
-    rig.pc.pam.set_mode(&tx, 0, PamMode::ReadWrite);
+    rig.pc.pam().set_mode(&tx, 0, PamMode::ReadWrite);
     assert!(tx.commit().is_err());
-    rig.pc.pam.sync();
-    assert_eq!(rig.pc.pam.mode(0), Some(PamMode::Pci));
+    rig.pc.pam().sync();
+    assert_eq!(rig.pc.pam().mode(0), Some(PamMode::Pci));
     assert_eq!(rig.slots(), before);
     let ops = rig.take();
     assert_eq!(ops.last().map(String::as_str), Some("resume"), "{ops:?}");

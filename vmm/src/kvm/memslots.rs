@@ -148,6 +148,9 @@ pub struct KvmMemoryListener<M: Memslots> {
     relog: Vec<FlatRange>,
     /// How many commits paused the vCPUs (for tests and statistics).
     pub paused_commits: u64,
+    /// Hold vCPUs across overlapping updates. Turning this off reproduces
+    /// the bug the hold prevents; only tests do that.
+    atomic: bool,
 }
 
 impl<M: Memslots> KvmMemoryListener<M> {
@@ -162,7 +165,13 @@ impl<M: Memslots> KvmMemoryListener<M> {
             dels: Vec::new(),
             relog: Vec::new(),
             paused_commits: 0,
+            atomic: true,
         }
+    }
+
+    /// Whether overlapping updates hold the vCPUs (default on).
+    pub fn set_atomic(&mut self, atomic: bool) {
+        self.atomic = atomic;
     }
 
     /// Installed slots as (slot, gpa, size, flags), by address.
@@ -246,10 +255,11 @@ impl<M: Memslots> KvmMemoryListener<M> {
                 range: r,
             });
         }
-        let overlap = dels.iter().any(|d| {
-            adds.iter()
-                .any(|a| a.gpa < d.gpa + d.size && d.gpa < a.gpa + a.size)
-        });
+        let overlap = self.atomic
+            && dels.iter().any(|d| {
+                adds.iter()
+                    .any(|a| a.gpa < d.gpa + d.size && d.gpa < a.gpa + a.size)
+            });
         if overlap {
             if let Some(p) = &self.pause {
                 p.pause();

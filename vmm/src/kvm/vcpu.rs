@@ -9,7 +9,7 @@ use std::thread::{self, JoinHandle, ThreadId};
 
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vmm_sys_util::signal::Killable;
+use std::os::unix::thread::JoinHandleExt;
 
 use super::exit::{ExitAction, ExitHandler, VcpuEvent, VcpuStop};
 use super::kick::{self, ImmediateExit};
@@ -59,7 +59,9 @@ impl Control {
 
 struct VcpuThread {
     control: Arc<Control>,
-    handle: Option<JoinHandle<()>>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+    /// For signalling the thread; valid while `handle` is joinable.
+    pthread: libc::pthread_t,
     thread_id: ThreadId,
 }
 
@@ -115,7 +117,8 @@ impl VcpuSet {
             set.vcpus.push(VcpuThread {
                 control,
                 thread_id: handle.thread().id(),
-                handle: Some(handle),
+                pthread: handle.as_pthread_t(),
+                handle: Mutex::new(Some(handle)),
             });
         }
         Ok(set)
@@ -140,10 +143,14 @@ impl VcpuSet {
             return;
         };
         flag.set();
-        if let Some(handle) = &vcpu.handle {
-            if let Err(e) = handle.kill(kick::kick_signal()) {
-                log::warn!("cannot signal a vCPU thread: {e}");
-            }
+        // `immediate_exit` is Some only while the thread runs its loop, so
+        // the pthread is alive here (the thread clears it before exiting,
+        // under this same lock).
+        // SAFETY: pthread_kill on a live thread of this process with a
+        // signal whose handler is installed.
+        let ret = unsafe { libc::pthread_kill(vcpu.pthread, kick::kick_signal()) };
+        if ret != 0 {
+            log::warn!("cannot signal a vCPU thread: error {ret}");
         }
     }
 
@@ -239,16 +246,18 @@ impl VcpuSet {
         result.recv().map_err(|_| KvmError::VcpuGone(cpu))
     }
 
-    /// Stops every vCPU and waits for their threads to end.
-    pub fn stop(&mut self) {
+    /// Stops every vCPU and waits for their threads to end. Must not be
+    /// called from a vCPU thread.
+    pub fn stop(&self) {
         for vcpu in &self.vcpus {
             let mut state = vcpu.control.lock();
             state.wanted = Wanted::Stop;
             Self::kick_locked(vcpu, &state);
             vcpu.control.changed.notify_all();
         }
-        for vcpu in &mut self.vcpus {
-            if let Some(handle) = vcpu.handle.take() {
+        for vcpu in &self.vcpus {
+            let handle = vcpu.handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(handle) = handle {
                 if handle.join().is_err() {
                     log::error!("a vCPU thread panicked");
                 }

@@ -4,7 +4,7 @@
 //! BIOS ROM at the top of 4 GiB with its last 128 KiB mirrored below 1 MiB,
 //! the option ROM area, the SMRAM/VGA window and the PAM segments.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::memory::{AddressSpace, Memory, MemoryError, MemoryRegion};
 
@@ -37,7 +37,9 @@ pub struct PcMemory {
     pub above_4g: u64,
     pub bios: MemoryRegion,
     pub option_rom: MemoryRegion,
-    pub pam: Pam,
+    /// Shared with the host bridge, whose config writes switch it. Lock
+    /// order: the memory transaction first, then this.
+    pub pam_shared: Arc<Mutex<Pam>>,
 }
 
 impl PcMemory {
@@ -87,8 +89,13 @@ impl PcMemory {
             above_4g,
             bios,
             option_rom,
-            pam,
+            pam_shared: Arc::new(Mutex::new(pam)),
         })
+    }
+
+    /// The PAM segments (take the memory transaction first).
+    pub fn pam(&self) -> MutexGuard<'_, Pam> {
+        self.pam_shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The e820 map the guest should see: (start, size, type) with type 1

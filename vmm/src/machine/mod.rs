@@ -1,11 +1,15 @@
 //! The PC machine: its memory map and chipset pieces.
 
+pub mod dispatch;
+pub mod guest_ram;
 pub mod layout;
 pub mod pam;
+pub mod pc;
 pub mod requests;
 
 #[cfg(test)]
 mod tests;
 
 pub use layout::PcMemory;
+pub use pc::{Machine, MachineConfig, MachineError, Reset};
 pub use requests::{Request, Requests};

@@ -124,6 +124,13 @@ impl Pam {
         }
     }
 
+    /// Routes every segment to PCI again, as after a hardware reset.
+    pub fn reset(&mut self, tx: &Transaction<'_>) {
+        for idx in 0..SEGMENTS {
+            self.set_mode(tx, idx, PamMode::Pci);
+        }
+    }
+
     /// Re-derives each segment's mode from which alias is enabled (after a
     /// refused transaction undid a switch).
     pub fn sync(&mut self) {

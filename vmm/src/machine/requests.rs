@@ -28,6 +28,14 @@ struct Inner {
     fd: EventFd,
 }
 
+fn decode(w: u64) -> Option<Request> {
+    match w & 0xff {
+        RESET => Some(Request::Reset),
+        STOP => Some(Request::Stop((w >> 8) as u32)),
+        _ => None,
+    }
+}
+
 /// A cloneable handle for raising requests.
 #[derive(Clone)]
 pub struct Requests(Arc<Inner>);
@@ -67,12 +75,12 @@ impl Requests {
 
     /// Takes the pending request, if any.
     pub fn take(&self) -> Option<Request> {
-        let w = self.0.pending.swap(NONE, Ordering::AcqRel);
-        match w & 0xff {
-            RESET => Some(Request::Reset),
-            STOP => Some(Request::Stop((w >> 8) as u32)),
-            _ => None,
-        }
+        decode(self.0.pending.swap(NONE, Ordering::AcqRel))
+    }
+
+    /// The pending request, left pending.
+    pub fn pending(&self) -> Option<Request> {
+        decode(self.0.pending.load(Ordering::Acquire))
     }
 
     /// Readable when a request was raised (for epoll in the main loop).

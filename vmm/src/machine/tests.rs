@@ -28,9 +28,9 @@ fn flat_memory(pc: &PcMemory) -> Vec<String> {
         .collect()
 }
 
-fn set_segment(mem: &Memory, pc: &mut PcMemory, idx: usize, mode: PamMode) {
+fn set_segment(mem: &Memory, pc: &PcMemory, idx: usize, mode: PamMode) {
     let tx = mem.begin();
-    pc.pam.set_mode(&tx, idx, mode);
+    pc.pam().set_mode(&tx, idx, mode);
     tx.commit().unwrap();
 }
 
@@ -47,7 +47,7 @@ fn info_mtree_of_a_512m_pc_matches_the_golden_text() {
 #[test]
 fn pam_switches_the_bios_segment_between_pci_ram_and_read_only_ram() {
     let mem = Memory::new();
-    let mut pc = PcMemory::new(&mem, 512 << 20).unwrap();
+    let pc = PcMemory::new(&mem, 512 << 20).unwrap();
     let bios_tail = [
         "0xe0000-0xfffff pc.bios @0x20000 ro",
         "0x100000-0x1fffffff pc.ram @0x100000",
@@ -55,7 +55,7 @@ fn pam_switches_the_bios_segment_between_pci_ram_and_read_only_ram() {
     ];
     assert_eq!(flat_memory(&pc)[2..], bios_tail);
 
-    set_segment(&mem, &mut pc, 0, PamMode::ReadWrite);
+    set_segment(&mem, &pc, 0, PamMode::ReadWrite);
     assert_eq!(
         flat_memory(&pc)[2..],
         [
@@ -66,7 +66,7 @@ fn pam_switches_the_bios_segment_between_pci_ram_and_read_only_ram() {
         "RAM at 0xf0000 merges with the RAM above 1 MiB"
     );
 
-    set_segment(&mem, &mut pc, 0, PamMode::ReadOnly);
+    set_segment(&mem, &pc, 0, PamMode::ReadOnly);
     assert_eq!(
         flat_memory(&pc)[2..],
         [
@@ -77,17 +77,17 @@ fn pam_switches_the_bios_segment_between_pci_ram_and_read_only_ram() {
         ]
     );
 
-    set_segment(&mem, &mut pc, 0, PamMode::WriteOnly);
+    set_segment(&mem, &pc, 0, PamMode::WriteOnly);
     assert_eq!(flat_memory(&pc)[3], "0xf0000-0x1fffffff pc.ram @0xf0000");
 
-    set_segment(&mem, &mut pc, 0, PamMode::Pci);
+    set_segment(&mem, &pc, 0, PamMode::Pci);
     assert_eq!(flat_memory(&pc)[2..], bios_tail);
 }
 
 #[test]
 fn pam_modes_decide_what_reads_and_writes_reach() {
     let mem = Memory::new();
-    let mut pc = PcMemory::new(&mem, 512 << 20).unwrap();
+    let pc = PcMemory::new(&mem, 512 << 20).unwrap();
     let (start, _) = segment(1); // 0xc0000, under the option ROM
     pc.option_rom.ram_block().unwrap().write(0, &[0x55, 0xaa]);
     pc.ram.ram_block().unwrap().write(start, &[1, 2]);
@@ -100,12 +100,12 @@ fn pam_modes_decide_what_reads_and_writes_reach() {
     pc.memory.write(start, &[9, 9]);
     assert_eq!(read(&pc), [0x55, 0xaa], "the ROM ignores writes");
 
-    set_segment(&mem, &mut pc, 1, PamMode::ReadWrite);
+    set_segment(&mem, &pc, 1, PamMode::ReadWrite);
     assert_eq!(read(&pc), [1, 2], "RAM mode shows RAM");
     pc.memory.write(start, &[3, 4]);
     assert_eq!(read(&pc), [3, 4]);
 
-    set_segment(&mem, &mut pc, 1, PamMode::ReadOnly);
+    set_segment(&mem, &pc, 1, PamMode::ReadOnly);
     pc.memory.write(start, &[5, 6]);
     assert_eq!(read(&pc), [3, 4], "read-only RAM drops writes");
 
@@ -113,22 +113,22 @@ fn pam_modes_decide_what_reads_and_writes_reach() {
     let mut b = [0u8; 1];
     pc.memory.read(segment(2).0, &mut b);
     assert_eq!(b, [0]);
-    assert_eq!(pc.pam.mode(1), Some(PamMode::ReadOnly));
-    assert_eq!(pc.pam.mode(2), Some(PamMode::Pci));
+    assert_eq!(pc.pam().mode(1), Some(PamMode::ReadOnly));
+    assert_eq!(pc.pam().mode(2), Some(PamMode::Pci));
 }
 
 #[test]
 fn pam_register_writes_switch_both_nibbles() {
     let mem = Memory::new();
-    let mut pc = PcMemory::new(&mem, 512 << 20).unwrap();
+    let pc = PcMemory::new(&mem, 512 << 20).unwrap();
     let tx = mem.begin();
-    pc.pam.write_register(&tx, 0x5a, 0x13);
-    pc.pam.write_register(&tx, 0x59, 0x30);
+    pc.pam().write_register(&tx, 0x5a, 0x13);
+    pc.pam().write_register(&tx, 0x59, 0x30);
     tx.commit().unwrap();
-    assert_eq!(pc.pam.mode(1), Some(PamMode::ReadWrite));
-    assert_eq!(pc.pam.mode(2), Some(PamMode::ReadOnly));
-    assert_eq!(pc.pam.mode(0), Some(PamMode::ReadWrite));
-    assert_eq!(pc.pam.mode(3), Some(PamMode::Pci));
+    assert_eq!(pc.pam().mode(1), Some(PamMode::ReadWrite));
+    assert_eq!(pc.pam().mode(2), Some(PamMode::ReadOnly));
+    assert_eq!(pc.pam().mode(0), Some(PamMode::ReadWrite));
+    assert_eq!(pc.pam().mode(3), Some(PamMode::Pci));
 }
 
 #[test]

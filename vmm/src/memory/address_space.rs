@@ -14,8 +14,21 @@ use super::region::{MemoryRegion, RegionKind};
 pub enum Access {
     /// Every byte was served by a region.
     Done,
+    /// Some bytes were served from RAM (or ROM, for reads) by copying: for a
+    /// vCPU exit this means no memslot covered them.
+    Ram,
     /// Some bytes hit no region: they read as all ones, writes were dropped.
     Unassigned,
+}
+
+impl Access {
+    fn worst(self, other: Access) -> Access {
+        match (self, other) {
+            (Access::Unassigned, _) | (_, Access::Unassigned) => Access::Unassigned,
+            (Access::Ram, _) | (_, Access::Ram) => Access::Ram,
+            _ => Access::Done,
+        }
+    }
 }
 
 /// A root region rendered into a flat view that readers load without a lock.
@@ -83,7 +96,7 @@ impl AddressSpace {
             let Some((r, off)) = view.lookup(a) else {
                 data[done] = 0xff;
                 done += 1;
-                result = Access::Unassigned;
+                result = result.worst(Access::Unassigned);
                 continue;
             };
             let n = chunk(r, a, data.len() - done);
@@ -93,6 +106,7 @@ impl AddressSpace {
                 _ => match r.region.ram_block() {
                     Some(b) => {
                         b.read(off, buf);
+                        result = result.worst(Access::Ram);
                     }
                     None => buf.fill(0xff),
                 },
@@ -112,7 +126,7 @@ impl AddressSpace {
             let a = addr.wrapping_add(done as u64);
             let Some((r, off)) = view.lookup(a) else {
                 done += 1;
-                result = Access::Unassigned;
+                result = result.worst(Access::Unassigned);
                 continue;
             };
             let n = chunk(r, a, data.len() - done);
@@ -123,6 +137,7 @@ impl AddressSpace {
                 _ => {
                     if let Some(b) = r.region.ram_block() {
                         b.write(off, buf);
+                        result = result.worst(Access::Ram);
                     }
                 }
             }

@@ -91,7 +91,7 @@ fn live(dma: &RecordingMapper) -> Vec<(u64, u64, bool)> {
 
 #[test]
 fn mappings_equal_the_views_ram_after_every_transaction() {
-    let mut rig = rig(100);
+    let rig = rig(100);
     assert_eq!(live(&rig.dma), ram_of_view(&rig.pc));
     assert!(
         live(&rig.dma).contains(&(0xfffc0000, 0x40000, true)),
@@ -103,7 +103,7 @@ fn mappings_equal_the_views_ram_after_every_transaction() {
         (0, PamMode::Pci),
     ] {
         let tx = rig.mem.begin();
-        rig.pc.pam.set_mode(&tx, idx, mode);
+        rig.pc.pam().set_mode(&tx, idx, mode);
         tx.commit().unwrap();
         assert_eq!(live(&rig.dma), ram_of_view(&rig.pc), "after {idx} {mode:?}");
     }

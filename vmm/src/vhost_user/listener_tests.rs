@@ -103,7 +103,7 @@ fn table(b: &Arc<Mutex<Backend>>) -> Vec<(u64, u64)> {
 
 #[test]
 fn the_backend_gets_guest_ram_merged_and_nothing_when_unchanged() {
-    let (mem, mut pc, b) = rig(true, 32);
+    let (mem, pc, b) = rig(true, 32);
     // RAM below 0xc0000 and above 1 MiB: the legacy window is ROM/PCI.
     assert_eq!(table(&b), vec![(0, 0xc0000), (0x100000, 0x1ff00000)]);
     b.lock().unwrap().calls.clear();
@@ -116,7 +116,7 @@ fn the_backend_gets_guest_ram_merged_and_nothing_when_unchanged() {
     // Opening the whole legacy window to RAM joins everything into one.
     let tx = mem.begin();
     for idx in 0..13 {
-        pc.pam.set_mode(&tx, idx, PamMode::ReadWrite);
+        pc.pam().set_mode(&tx, idx, PamMode::ReadWrite);
     }
     tx.commit().unwrap();
     let tx = mem.begin();

@@ -210,14 +210,14 @@ fn accesses_dispatch_to_handlers_ram_and_unassigned() {
     assert_eq!(space.write(0x2004, &[1, 2]), Access::Done);
     assert_eq!(stub.writes.lock().unwrap()[0], (4, vec![1, 2]));
 
-    assert_eq!(space.write(0x1ffe, &[7, 8]), Access::Done);
+    assert_eq!(space.write(0x1ffe, &[7, 8]), Access::Ram);
     let mut two = [0u8; 2];
     ram.ram_block().unwrap().read(0xffe, &mut two);
     assert_eq!(two, [7, 8]);
 
-    // Straddling two ranges: each serves its own bytes.
+    // Straddling two ranges: each serves its own bytes; RAM is reported.
     let mut b = [0u8; 4];
-    assert_eq!(space.read(0x1fff, &mut b), Access::Done);
+    assert_eq!(space.read(0x1fff, &mut b), Access::Ram);
     assert_eq!(b, [8, 0x5a, 0x5a, 0x5a]);
     // Straddling into a hole: the hole's bytes read as all ones, reported.
     let mut b = [0u8; 2];

@@ -1,0 +1,167 @@
+//! The PC machine end to end, driven by the probe guest on real KVM.
+//!
+//! Needs /dev/kvm; a test fails (does not skip) without it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use vmm::machine::pam::PamMode;
+use vmm::machine::{Machine, MachineConfig, Request, Requests};
+use vmm::memory::{MemoryRegion, RegionOps};
+
+/// COM1 as the probe uses it (THR out, LSR says empty) and the debug-exit
+/// port; stand-ins while the machine has no legacy devices of its own.
+struct Com1(Arc<Mutex<String>>);
+impl RegionOps for Com1 {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        data.fill(if offset == 5 { 0x60 } else { 0 });
+    }
+    fn write(&self, offset: u64, data: &[u8]) {
+        if offset == 0 {
+            self.0.lock().unwrap().push(data[0] as char);
+        }
+    }
+}
+struct DebugExit(Requests);
+impl RegionOps for DebugExit {
+    fn read(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&self, _offset: u64, data: &[u8]) {
+        let mut v = [0u8; 4];
+        v[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
+        self.0.raise(Request::Stop(u32::from_le_bytes(v)));
+    }
+}
+
+fn probe_machine(cmdline: &str, atomic: bool) -> (Machine, Arc<Mutex<String>>) {
+    assert!(
+        std::path::Path::new("/dev/kvm").exists(),
+        "this test needs /dev/kvm"
+    );
+    let kernel = testkit::probe::build().expect("the probe builds");
+    let m = Machine::new(MachineConfig {
+        memory: 256 << 20,
+        cpus: 1,
+        kernel,
+        cmdline: cmdline.into(),
+        initrd: None,
+        atomic_memslots: atomic,
+    })
+    .expect("machine");
+    let out = Arc::new(Mutex::new(String::new()));
+    let com1 = MemoryRegion::io("serial", 8, Arc::new(Com1(out.clone())));
+    let exit = MemoryRegion::io("debug-exit", 4, Arc::new(DebugExit(m.requests.clone())));
+    let tx = m.memory.begin();
+    tx.add_subregion(&m.pc.io_root, 0x3f8, &com1).unwrap();
+    tx.add_subregion(&m.pc.io_root, 0x501, &exit).unwrap();
+    tx.commit().unwrap();
+    (m, out)
+}
+
+#[test]
+fn the_probe_passes_its_checks_on_the_machine() {
+    let (mut m, out) = probe_machine("console=ttyS0 probe=none", true);
+    let started = Instant::now();
+    let status = m.run().expect("the guest runs to its exit");
+    let out = out.lock().unwrap().clone();
+    eprintln!("{out}\n(run took {:?})", started.elapsed());
+    assert_eq!(status, 0, "failed checks:\n{out}");
+    assert!(
+        out.contains("ok 1 - boot_params has the boot flag"),
+        "{out}"
+    );
+    assert!(out.contains("e820 has usable RAM at 1 MiB"), "{out}");
+    let [_, _, _, _, unassigned, on_ram] = m.stats.snapshot();
+    assert_eq!(on_ram, 0, "no RAM access may exit to the VMM");
+    eprintln!("unassigned accesses: {unassigned}");
+}
+
+/// Toggles PAM segment 0 (0xf0000) between RAM and PCI as fast as it can:
+/// each switch splits or re-merges the memslot that holds all RAM above
+/// 1 MiB, where the probe's code, page tables and test pages live.
+/// Starts once the probe says it is in its loop.
+fn toggle_pam(
+    m: &Machine,
+    out: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<u64> {
+    let memory = m.memory.clone();
+    let pam = m.pc.pam_shared.clone();
+    thread::spawn(move || {
+        while !out.lock().unwrap().contains("memloop start") {
+            if stop.load(Ordering::Relaxed) {
+                return 0;
+            }
+            thread::yield_now();
+        }
+        let mut switches = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let mode = if switches % 2 == 0 {
+                PamMode::ReadWrite
+            } else {
+                PamMode::Pci
+            };
+            let tx = memory.begin();
+            pam.lock().unwrap().set_mode(&tx, 0, mode);
+            tx.commit().expect("PAM switch");
+            switches += 1;
+        }
+        switches
+    })
+}
+
+/// (result, output, PAM switches, RAM exits, boots).
+type Memloop = (Result<u32, String>, String, u64, u64, u32);
+
+fn memloop(atomic: bool) -> Memloop {
+    let (mut m, out) = probe_machine("console=ttyS0 probe=memloop memloop=30000000", atomic);
+    let stop = Arc::new(AtomicBool::new(false));
+    let toggler = toggle_pam(&m, out.clone(), stop.clone());
+    let res = m.run().map_err(|e| format!("{e}"));
+    stop.store(true, Ordering::Relaxed);
+    let switches = toggler.join().unwrap();
+    let on_ram = m.stats.snapshot()[5];
+    let out = out.lock().unwrap().clone();
+    (res, out, switches, on_ram, m.boots)
+}
+
+#[test]
+fn memslot_updates_are_atomic_for_a_running_vcpu() {
+    let (res, out, switches, on_ram, boots) = memloop(true);
+    eprintln!("{out}\n{switches} PAM switches, {on_ram} RAM exits, {boots} boots");
+    assert_eq!(boots, 1, "the guest faulted and rebooted");
+    assert!(
+        switches > 100,
+        "too few switches ({switches}) to mean anything"
+    );
+    assert_eq!(res, Ok(0), "{out}");
+    assert!(
+        out.contains("ok") && out.contains("memloop: every read returned"),
+        "{out}"
+    );
+    assert_eq!(on_ram, 0, "a vCPU found guest RAM without a memslot");
+}
+
+#[test]
+fn without_the_hold_the_same_switches_fault_the_vcpu() {
+    let (res, out, switches, on_ram, boots) = memloop(false);
+    let first = res
+        .as_ref()
+        .err()
+        .and_then(|e| e.lines().next().map(String::from));
+    eprintln!("{switches} PAM switches, {on_ram} RAM exits, {boots} boots, result {first:?}");
+    assert!(
+        switches > 0,
+        "the guest died before the loop: {res:?}\n{out}"
+    );
+    // The guest faults (a triple fault reboots it), or reads wrong data, or
+    // its accesses exit to the VMM.
+    let detected = on_ram > 0 || res != Ok(0) || boots > 1;
+    assert!(
+        detected,
+        "the non-atomic update went unnoticed: the test would not catch the bug"
+    );
+}

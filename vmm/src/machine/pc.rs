@@ -1,0 +1,365 @@
+//! The PC machine: the memory map, KVM behind its listeners, the boot path
+//! and the vCPUs, and the main loop that turns guest requests into a stop
+//! or a reboot.
+//!
+//! A reboot recreates the KVM VM and its vCPUs and keeps everything else
+//! (RAM, devices, their state): the KVM listeners are unregistered from the
+//! old VM and registered on the new one, whose memslots and ioeventfds then
+//! come from the listener replay. Devices are reset through their reset
+//! hooks, the PAM segments go back to PCI, and the kernel is loaded again.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use vm_memory::GuestMemoryMmap;
+
+use crate::boot::{self, BootSpec, CpuTemplate, E820Entry, E820Kind};
+use crate::kvm::ioevents::{Bus, KvmIoEvents, KvmIoListener};
+use crate::kvm::memslots::{KvmMemoryListener, KvmSlots, VcpuPause};
+use crate::kvm::{KvmError, VcpuEvent, VcpuSet, VcpuStop, Vm};
+use crate::memory::{AddressSpace, ListenerId, Memory, MemoryError};
+
+use super::dispatch::{Dispatch, ExitStats};
+use super::guest_ram::{guest_memory, GuestRamError};
+use super::layout::PcMemory;
+use super::requests::{Request, Requests};
+
+/// What a device does on a machine reset.
+pub trait Reset: Send + Sync {
+    fn reset(&self);
+}
+
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    pub cpus: u8,
+    pub kernel: PathBuf,
+    pub cmdline: String,
+    pub initrd: Option<PathBuf>,
+    /// Hold vCPUs while an overlapping memslot update is applied (QEMU
+    /// f39b7d2b). Off only to show what goes wrong without it.
+    pub atomic_memslots: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error("bad configuration: {0}")]
+    Config(String),
+    #[error("cannot build the memory map")]
+    Memory(#[from] MemoryError),
+    #[error("cannot map guest RAM")]
+    GuestRam(#[from] GuestRamError),
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error("cannot boot {kernel}")]
+    Boot {
+        kernel: String,
+        #[source]
+        source: boot::BootError,
+    },
+    #[error("cannot set up vCPU {cpu}")]
+    VcpuSetup {
+        cpu: u8,
+        #[source]
+        source: boot::BootError,
+    },
+    #[error("vCPU {cpu} stopped: {detail}")]
+    Vcpu { cpu: usize, detail: String },
+    #[error("cannot create the machine's request eventfd")]
+    Requests(#[source] std::io::Error),
+}
+
+/// Lets the memslot listener pause whatever vCPUs are running now.
+struct Pauser(Arc<ArcSwapOption<VcpuSet>>);
+
+impl VcpuPause for Pauser {
+    fn pause(&self) {
+        if let Some(v) = self.0.load_full() {
+            v.pause();
+        }
+    }
+    fn resume(&self) {
+        if let Some(v) = self.0.load_full() {
+            v.resume();
+        }
+    }
+}
+
+struct Running {
+    vcpus: Arc<VcpuSet>,
+    listeners: Vec<(Arc<AddressSpace>, ListenerId)>,
+    events: Receiver<VcpuEvent>,
+}
+
+pub struct Machine {
+    cfg: MachineConfig,
+    pub memory: Arc<Memory>,
+    pub pc: PcMemory,
+    ram: GuestMemoryMmap,
+    pub requests: Requests,
+    pub stats: Arc<ExitStats>,
+    resets: Vec<Arc<dyn Reset>>,
+    vcpu_slot: Arc<ArcSwapOption<VcpuSet>>,
+    running: Option<Running>,
+    /// How many times the guest was started (1 + reboots).
+    pub boots: u32,
+}
+
+impl Machine {
+    pub fn new(cfg: MachineConfig) -> Result<Machine, MachineError> {
+        if cfg.cpus == 0 {
+            return Err(MachineError::Config("--cpus must be at least 1".into()));
+        }
+        if cfg.memory < 16 << 20 {
+            return Err(MachineError::Config(format!(
+                "--memory {} MiB is too small (at least 16 MiB)",
+                cfg.memory >> 20
+            )));
+        }
+        let memory = Arc::new(Memory::new());
+        let pc = PcMemory::new(&memory, cfg.memory)?;
+        let ram = guest_memory(&pc)?;
+        Ok(Machine {
+            cfg,
+            memory,
+            pc,
+            ram,
+            requests: Requests::new().map_err(MachineError::Requests)?,
+            stats: Arc::default(),
+            resets: Vec::new(),
+            vcpu_slot: Arc::default(),
+            running: None,
+            boots: 0,
+        })
+    }
+
+    /// Guest RAM at guest-physical addresses.
+    pub fn guest_ram(&self) -> &GuestMemoryMmap {
+        &self.ram
+    }
+
+    /// Registers a device's reset hook.
+    pub fn on_reset(&mut self, r: Arc<dyn Reset>) {
+        self.resets.push(r);
+    }
+
+    /// The running vCPUs, if the guest is running.
+    pub fn vcpus(&self) -> Option<Arc<VcpuSet>> {
+        self.vcpu_slot.load_full()
+    }
+
+    pub fn e820(&self) -> Vec<E820Entry> {
+        self.pc
+            .e820()
+            .into_iter()
+            .map(|(addr, size, kind)| {
+                let kind = if kind == 1 {
+                    E820Kind::Ram
+                } else {
+                    E820Kind::Reserved
+                };
+                E820Entry::new(addr, size, kind)
+            })
+            .collect()
+    }
+
+    /// Creates the VM, gives it the memory map through the KVM listeners,
+    /// loads the kernel and starts the vCPUs.
+    fn start(&mut self) -> Result<(), MachineError> {
+        let vm = Arc::new(Vm::new()?);
+        let mut listeners = Vec::new();
+        let res = self.register_kvm(&vm, &mut listeners);
+        let res = res.and_then(|()| self.boot_vcpus(&vm));
+        match res {
+            Ok((vcpus, events)) => {
+                self.vcpu_slot.store(Some(vcpus.clone()));
+                self.running = Some(Running {
+                    vcpus,
+                    listeners,
+                    events,
+                });
+                self.boots += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.unregister(listeners);
+                Err(e)
+            }
+        }
+    }
+
+    fn register_kvm(
+        &self,
+        vm: &Arc<Vm>,
+        out: &mut Vec<(Arc<AddressSpace>, ListenerId)>,
+    ) -> Result<(), MachineError> {
+        let pause = Box::new(Pauser(self.vcpu_slot.clone()));
+        let mut slots = KvmMemoryListener::new(KvmSlots::new(vm.fd().clone()), Some(pause));
+        slots.set_atomic(self.cfg.atomic_memslots);
+        let id = self
+            .memory
+            .register_listener(&self.pc.memory, Box::new(slots))?;
+        out.push((self.pc.memory.clone(), id));
+        for (space, bus) in [(&self.pc.memory, Bus::Mmio), (&self.pc.io, Bus::Pio)] {
+            let l = KvmIoListener::new(KvmIoEvents::new(vm.fd().clone()), bus);
+            let id = self.memory.register_listener(space, Box::new(l))?;
+            out.push((space.clone(), id));
+        }
+        Ok(())
+    }
+
+    fn boot_vcpus(
+        &self,
+        vm: &Arc<Vm>,
+    ) -> Result<(Arc<VcpuSet>, Receiver<VcpuEvent>), MachineError> {
+        let e820 = self.e820();
+        let spec = BootSpec {
+            kernel: &self.cfg.kernel,
+            cmdline: &self.cfg.cmdline,
+            initrd: self.cfg.initrd.as_deref(),
+            e820: &e820,
+        };
+        let info = boot::load(&self.ram, &spec).map_err(|source| MachineError::Boot {
+            kernel: self.cfg.kernel.display().to_string(),
+            source,
+        })?;
+        let template = CpuTemplate::from_kvm(vm.kvm())
+            .map_err(|source| MachineError::VcpuSetup { cpu: 0, source })?;
+        let cpus = self.cfg.cpus;
+        let mut fds = Vec::with_capacity(cpus.into());
+        for cpu in 0..cpus {
+            let fd = vm.create_vcpu(cpu)?;
+            boot::setup_vcpu(&fd, &template, cpu, cpus, (cpu == 0).then_some(&info))
+                .map_err(|source| MachineError::VcpuSetup { cpu, source })?;
+            fds.push(fd);
+        }
+        let handler = Arc::new(Dispatch::new(
+            self.pc.memory.clone(),
+            self.pc.io.clone(),
+            self.requests.clone(),
+            self.stats.clone(),
+        ));
+        let (tx, events) = mpsc::channel();
+        let vcpus = VcpuSet::spawn(vm.clone(), fds, handler, tx)?;
+        Ok((Arc::new(vcpus), events))
+    }
+
+    fn unregister(&self, listeners: Vec<(Arc<AddressSpace>, ListenerId)>) {
+        for (space, id) in listeners.into_iter().rev() {
+            self.memory.unregister_listener(&space, id);
+        }
+    }
+
+    /// Stops the vCPUs and lets go of the VM.
+    fn teardown(&mut self) {
+        if let Some(r) = self.running.take() {
+            self.vcpu_slot.store(None);
+            r.vcpus.stop();
+            self.unregister(r.listeners);
+        }
+    }
+
+    /// Puts the platform back as after power-on, keeping RAM and the state
+    /// devices keep across resets (CMOS).
+    fn reset_platform(&mut self) -> Result<(), MachineError> {
+        let tx = self.memory.begin();
+        self.pc.pam().reset(&tx);
+        tx.commit()?;
+        for r in &self.resets {
+            r.reset();
+        }
+        Ok(())
+    }
+
+    /// Boots the guest and runs it until it stops; returns its exit status
+    /// (ACPI S5: 0; the debug-exit port: the value written). Guest reboots
+    /// are handled here.
+    pub fn run(&mut self) -> Result<u32, MachineError> {
+        self.start()?;
+        loop {
+            if let Some(err) = self.wait_event() {
+                self.teardown();
+                return Err(err);
+            }
+            match self.requests.take() {
+                Some(Request::Stop(status)) => {
+                    log::info!("guest stopped with status {status}");
+                    self.teardown();
+                    return Ok(status);
+                }
+                Some(Request::Reset) => {
+                    log::info!("guest reset");
+                    self.teardown();
+                    self.reset_platform()?;
+                    self.start()?;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Waits a little for a vCPU to stop and turns what it says into a
+    /// request, or into an error for a stop the machine cannot carry on from.
+    fn wait_event(&mut self) -> Option<MachineError> {
+        let r = self.running.as_ref()?;
+        let ev = match r.events.recv_timeout(Duration::from_millis(50)) {
+            Ok(ev) => ev,
+            Err(RecvTimeoutError::Timeout) => return None,
+            Err(RecvTimeoutError::Disconnected) => {
+                if self.requests.pending().is_some() {
+                    return None;
+                }
+                return Some(MachineError::Vcpu {
+                    cpu: 0,
+                    detail: "every vCPU has stopped".into(),
+                });
+            }
+        };
+        let cpu = ev.cpu;
+        match ev.stop {
+            VcpuStop::Requested | VcpuStop::Poweroff | VcpuStop::Reset => None,
+            VcpuStop::Shutdown => {
+                log::info!("vcpu{cpu}: triple fault; resetting the machine");
+                self.requests.raise(Request::Reset);
+                None
+            }
+            VcpuStop::SystemEvent { kind, data } => match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => {
+                    self.requests.raise(Request::Stop(0));
+                    None
+                }
+                kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
+                    self.requests.raise(Request::Reset);
+                    None
+                }
+                _ => Some(MachineError::Vcpu {
+                    cpu,
+                    detail: format!("system event {kind} {data:x?}"),
+                }),
+            },
+            VcpuStop::InternalError {
+                suberror,
+                data,
+                registers,
+            } => Some(MachineError::Vcpu {
+                cpu,
+                detail: format!("KVM internal error {suberror} {data:x?}\n{registers}"),
+            }),
+            VcpuStop::FailEntry { reason, registers } => Some(MachineError::Vcpu {
+                cpu,
+                detail: format!("VM entry failed (reason {reason:#x})\n{registers}"),
+            }),
+            VcpuStop::Error(e) => Some(MachineError::Vcpu { cpu, detail: e }),
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
