@@ -1,6 +1,7 @@
 //! A KVM PC machine built around a QEMU-style memory model.
 
 pub mod boot;
+pub mod cli;
 pub mod kvm;
 pub mod machine;
 pub mod memory;
