@@ -8,7 +8,8 @@
 //! `probe=` words on the command line select extras: `spin` loops in ring 3
 //! after the checks (counting in RBX, no exits) for the host's vCPU control
 //! tests; `exception` raises #UD after the checks; `memloop` writes and
-//! reads RAM `memloop=N` times while the host changes the memory map.
+//! reads RAM `memloop=N` times while the host changes the memory map;
+//! `reset` resets through 0xcf9 once and checks the second boot.
 
 #![no_std]
 #![no_main]
@@ -18,11 +19,14 @@ mod cmdline;
 mod entry;
 mod mem;
 mod memloop;
+mod pam;
 mod pci;
 mod port;
 mod ram;
+mod reset;
 mod serial;
 mod tap;
+mod unassigned;
 
 use bootparams::{BootParams, E820_RAM};
 use cmdline::Cmdline;
@@ -36,6 +40,11 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     let cmdline = boot_checks(&params);
     ram::run(&params);
     pci::run();
+    pam::run();
+    unassigned::run();
+    if cmdline.selects("reset") {
+        reset::run();
+    }
     if cmdline.selects("memloop") {
         memloop::run(cmdline.number("memloop").unwrap_or(1_000_000));
     }
