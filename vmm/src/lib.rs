@@ -2,6 +2,7 @@
 
 pub mod boot;
 pub mod cli;
+pub mod interrupt;
 pub mod kvm;
 pub mod machine;
 pub mod memory;

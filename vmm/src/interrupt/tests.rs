@@ -1,0 +1,158 @@
+//! MSI-X and routes against a recording KVM.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_irq_routing_entry, KVM_IRQ_ROUTING_MSI};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::routes::{GsiRouter, Routing, FIRST_MSI_GSI};
+use super::{MsixConfig, MsixTable};
+
+#[derive(Default)]
+struct Seen {
+    /// (gsi, addr, data) of the MSI routes in the last table.
+    msi: Vec<(u32, u64, u32)>,
+    irqchip_routes: usize,
+    bound: Vec<u32>,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<Seen>>);
+
+impl Routing for Fake {
+    fn set_routing(&mut self, table: &[kvm_irq_routing_entry]) -> io::Result<()> {
+        let mut s = self.0.lock().unwrap();
+        s.msi.clear();
+        s.irqchip_routes = 0;
+        for e in table {
+            if e.type_ == KVM_IRQ_ROUTING_MSI {
+                // SAFETY: the msi member is the one set for MSI entries.
+                let m = unsafe { e.u.msi };
+                s.msi.push((
+                    e.gsi,
+                    u64::from(m.address_hi) << 32 | u64::from(m.address_lo),
+                    m.data,
+                ));
+            } else {
+                s.irqchip_routes += 1;
+            }
+        }
+        Ok(())
+    }
+    fn irqfd(&mut self, _fd: &EventFd, gsi: u32, assign: bool) -> io::Result<()> {
+        let mut s = self.0.lock().unwrap();
+        if assign {
+            assert!(!s.bound.contains(&gsi), "GSI {gsi} bound twice");
+            s.bound.push(gsi);
+        } else {
+            s.bound.retain(|g| *g != gsi);
+        }
+        Ok(())
+    }
+}
+
+fn write32(t: &Arc<dyn crate::memory::RegionOps>, off: u64, v: u32) {
+    t.write(off, &v.to_le_bytes());
+}
+
+#[test]
+fn routes_keep_the_irqchip_defaults_and_add_msi_from_gsi_24() {
+    let fake = Fake::default();
+    let r = GsiRouter::new(fake.clone());
+    let (gsi, _fd) = r
+        .add(
+            super::MsiMessage {
+                addr: 0xfee0_0000,
+                data: 0x41,
+            },
+            true,
+        )
+        .unwrap();
+    assert_eq!(gsi, FIRST_MSI_GSI);
+    let s = fake.0.lock().unwrap();
+    assert_eq!(s.irqchip_routes, 24 + 16);
+    assert_eq!(s.msi, vec![(24, 0xfee0_0000, 0x41)]);
+    assert_eq!(s.bound, vec![24]);
+}
+
+#[test]
+fn msix_vectors_bind_only_when_enabled_and_unmasked() {
+    let fake = Fake::default();
+    let t = MsixTable::new(GsiRouter::new(fake.clone()), 3).unwrap();
+    let (table, pba) = t.regions();
+    assert_eq!(t.sizes(), (48, 8));
+    // Program vector 1 and unmask it: not live until MSI-X is enabled.
+    write32(&table, 16, 0xfee0_1000);
+    write32(&table, 20, 0);
+    write32(&table, 24, 0x4021);
+    write32(&table, 28, 0);
+    assert!(fake.0.lock().unwrap().bound.is_empty());
+    t.set_config(MsixConfig {
+        enabled: true,
+        function_mask: false,
+    });
+    let gsi1 = t.gsi(1).unwrap();
+    {
+        let s = fake.0.lock().unwrap();
+        assert_eq!(s.bound, vec![gsi1]);
+        assert!(s.msi.contains(&(gsi1, 0xfee0_1000, 0x4021)));
+    }
+    // The function mask unbinds everything; a raised vector is pending.
+    t.set_config(MsixConfig {
+        enabled: true,
+        function_mask: true,
+    });
+    assert!(fake.0.lock().unwrap().bound.is_empty());
+    t.vector_fd(1).unwrap().write(1).unwrap();
+    let mut q = [0u8; 8];
+    pba.read(0, &mut q);
+    assert_eq!(u64::from_le_bytes(q), 0b010, "vector 1 pending");
+    // Unmasking binds the irqfd again (KVM then injects the pending count).
+    t.set_config(MsixConfig {
+        enabled: true,
+        function_mask: false,
+    });
+    assert_eq!(fake.0.lock().unwrap().bound, vec![gsi1]);
+    pba.read(0, &mut q);
+    assert_eq!(u64::from_le_bytes(q), 0, "no pending bit on a live vector");
+    // Reading an entry back.
+    let mut w = [0u8; 4];
+    table.read(24, &mut w);
+    assert_eq!(u32::from_le_bytes(w), 0x4021);
+    let mut qw = [0u8; 8];
+    table.read(16, &mut qw);
+    assert_eq!(u64::from_le_bytes(qw), 0xfee0_1000);
+}
+
+#[test]
+fn odd_table_accesses_are_ignored_without_harm() {
+    let fake = Fake::default();
+    let t = MsixTable::new(GsiRouter::new(fake.clone()), 2).unwrap();
+    let (table, pba) = t.regions();
+    table.write(2, &[1, 2]); // 2-byte write
+    table.write(5, &[1, 2, 3, 4]); // unaligned
+    table.write(4096, &[1, 2, 3, 4]); // past the table
+    write32(&table, 12, 0xffff_fffe); // reserved control bits
+    let mut w = [0u8; 4];
+    table.read(12, &mut w);
+    assert_eq!(u32::from_le_bytes(w), 0, "only the mask bit is writable");
+    let mut b = [0xffu8; 2];
+    table.read(0, &mut b);
+    assert_eq!(b, [0, 0]);
+    let mut odd = [0xffu8; 3];
+    pba.read(1, &mut odd);
+    assert_eq!(odd, [0, 0, 0]);
+}
+
+#[test]
+fn dropping_a_table_releases_its_routes() {
+    let fake = Fake::default();
+    let router = GsiRouter::new(fake.clone());
+    let t = MsixTable::new(router.clone(), 4).unwrap();
+    assert_eq!(fake.0.lock().unwrap().msi.len(), 4);
+    drop(t);
+    assert!(fake.0.lock().unwrap().msi.is_empty());
+    let (gsi, _) = router.add(Default::default(), false).unwrap();
+    assert_eq!(gsi, FIRST_MSI_GSI, "GSIs are reused");
+}
