@@ -3,6 +3,7 @@
 pub mod boot;
 pub mod cli;
 pub mod interrupt;
+pub mod iothread;
 pub mod kvm;
 pub mod machine;
 pub mod memory;
