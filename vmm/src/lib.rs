@@ -10,3 +10,4 @@ pub mod memory;
 pub mod ratelimit;
 pub mod vfio;
 pub mod vhost_user;
+pub mod virtio;
