@@ -1,8 +1,10 @@
 //! The vhost-user frontend: protocol client, memory-table builder and dirty
 //! log. Knows nothing of the `vmm` crate.
 
+pub mod frontend;
 pub mod memtable;
 pub mod sink;
 
+pub use frontend::{BackendConn, FrontendError, Negotiated, VringSetup};
 pub use memtable::{MemRegion, MemTable, Update};
 pub use sink::{apply, FrontendSink, MemTableSink, SinkError};
