@@ -8,31 +8,19 @@ use std::thread;
 use std::time::Instant;
 
 use vmm::machine::pam::PamMode;
-use vmm::machine::{Machine, MachineConfig, Request, Requests};
-use vmm::memory::{MemoryRegion, RegionOps};
+use vmm::machine::{Machine, MachineConfig};
 
-/// COM1 as the probe uses it (THR out, LSR says empty) and the debug-exit
-/// port; stand-ins while the machine has no legacy devices of its own.
-struct Com1(Arc<Mutex<String>>);
-impl RegionOps for Com1 {
-    fn read(&self, offset: u64, data: &mut [u8]) {
-        data.fill(if offset == 5 { 0x60 } else { 0 });
+/// Collects what the guest writes to COM1.
+#[derive(Clone)]
+struct Output(Arc<Mutex<String>>);
+
+impl std::io::Write for Output {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().push_str(&String::from_utf8_lossy(b));
+        Ok(b.len())
     }
-    fn write(&self, offset: u64, data: &[u8]) {
-        if offset == 0 {
-            self.0.lock().unwrap().push(data[0] as char);
-        }
-    }
-}
-struct DebugExit(Requests);
-impl RegionOps for DebugExit {
-    fn read(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn write(&self, _offset: u64, data: &[u8]) {
-        let mut v = [0u8; 4];
-        v[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
-        self.0.raise(Request::Stop(u32::from_le_bytes(v)));
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -42,7 +30,7 @@ fn probe_machine(cmdline: &str, atomic: bool) -> (Machine, Arc<Mutex<String>>) {
         "this test needs /dev/kvm"
     );
     let kernel = testkit::probe::build().expect("the probe builds");
-    let m = Machine::new(MachineConfig {
+    let mut m = Machine::new(MachineConfig {
         memory: 256 << 20,
         cpus: 1,
         kernel,
@@ -52,12 +40,8 @@ fn probe_machine(cmdline: &str, atomic: bool) -> (Machine, Arc<Mutex<String>>) {
     })
     .expect("machine");
     let out = Arc::new(Mutex::new(String::new()));
-    let com1 = MemoryRegion::io("serial", 8, Arc::new(Com1(out.clone())));
-    let exit = MemoryRegion::io("debug-exit", 4, Arc::new(DebugExit(m.requests.clone())));
-    let tx = m.memory.begin();
-    tx.add_subregion(&m.pc.io_root, 0x3f8, &com1).unwrap();
-    tx.add_subregion(&m.pc.io_root, 0x501, &exit).unwrap();
-    tx.commit().unwrap();
+    m.attach_console(Box::new(Output(out.clone())))
+        .expect("COM1 and debug-exit");
     (m, out)
 }
 

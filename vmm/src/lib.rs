@@ -2,6 +2,7 @@
 
 pub mod boot;
 pub mod cli;
+pub mod devices;
 pub mod interrupt;
 pub mod iothread;
 pub mod kvm;

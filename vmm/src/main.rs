@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use vmm::cli::{self, CliError, Options};
+use vmm::cli::{self, CliError, Options, Serial};
 use vmm::machine::{Machine, MachineConfig};
 
 /// The probe guest, built from tests/probe by build.rs.
@@ -85,6 +85,14 @@ fn run(opts: Options) -> anyhow::Result<u32> {
         initrd: opts.initrd.clone(),
         atomic_memslots: true,
     };
+    let out: Box<dyn Write + Send> = match &opts.serial {
+        Serial::Stdout => Box::new(std::io::stdout()),
+        Serial::File(p) => Box::new(
+            std::fs::File::create(p).with_context(|| format!("--serial file={}", p.display()))?,
+        ),
+        Serial::None => Box::new(std::io::sink()),
+    };
     let mut machine = Machine::new(cfg)?;
+    machine.attach_console(out)?;
     Ok(machine.run()?)
 }

@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootSpec, CpuTemplate, E820Entry, E820Kind};
+use crate::devices::legacy::{debug_exit, serial, DebugExit, Serial};
 use crate::kvm::ioevents::{Bus, KvmIoEvents, KvmIoListener};
 use crate::kvm::memslots::{KvmMemoryListener, KvmSlots, VcpuPause};
 use crate::kvm::{KvmError, VcpuEvent, VcpuSet, VcpuStop, Vm};
@@ -71,6 +73,14 @@ pub enum MachineError {
     Vcpu { cpu: usize, detail: String },
     #[error("cannot create the machine's request eventfd")]
     Requests(#[source] std::io::Error),
+    #[error("cannot create the {0} device")]
+    Device(&'static str, #[source] std::io::Error),
+    #[error("cannot bind the interrupt line of GSI {gsi}")]
+    Irqfd {
+        gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
 }
 
 /// Lets the memslot listener pause whatever vCPUs are running now.
@@ -103,6 +113,8 @@ pub struct Machine {
     pub requests: Requests,
     pub stats: Arc<ExitStats>,
     resets: Vec<Arc<dyn Reset>>,
+    /// Device interrupt lines bound to a GSI with an irqfd on every VM.
+    irq_lines: Vec<(Arc<EventFd>, u32)>,
     vcpu_slot: Arc<ArcSwapOption<VcpuSet>>,
     running: Option<Running>,
     /// How many times the guest was started (1 + reboots).
@@ -131,6 +143,7 @@ impl Machine {
             requests: Requests::new().map_err(MachineError::Requests)?,
             stats: Arc::default(),
             resets: Vec::new(),
+            irq_lines: Vec::new(),
             vcpu_slot: Arc::default(),
             running: None,
             boots: 0,
@@ -145,6 +158,23 @@ impl Machine {
     /// Registers a device's reset hook.
     pub fn on_reset(&mut self, r: Arc<dyn Reset>) {
         self.resets.push(r);
+    }
+
+    /// Maps COM1 (output to `out`) and the debug-exit port.
+    pub fn attach_console(&mut self, out: serial::Sink) -> Result<(), MachineError> {
+        let com1 = Arc::new(Serial::new(out).map_err(|e| MachineError::Device("serial", e))?);
+        self.irq_lines.push((com1.irq(), serial::COM1_GSI));
+        let uart = crate::memory::MemoryRegion::io("serial", serial::SIZE, com1);
+        let exit = crate::memory::MemoryRegion::io(
+            "debug-exit",
+            debug_exit::SIZE,
+            Arc::new(DebugExit(self.requests.clone())),
+        );
+        let tx = self.memory.begin();
+        tx.add_subregion(&self.pc.io_root, serial::COM1_PORT, &uart)?;
+        tx.add_subregion(&self.pc.io_root, debug_exit::PORT, &exit)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// The running vCPUs, if the guest is running.
@@ -171,6 +201,11 @@ impl Machine {
     /// loads the kernel and starts the vCPUs.
     fn start(&mut self) -> Result<(), MachineError> {
         let vm = Arc::new(Vm::new()?);
+        for (fd, gsi) in &self.irq_lines {
+            vm.fd()
+                .register_irqfd(fd, *gsi)
+                .map_err(|source| MachineError::Irqfd { gsi: *gsi, source })?;
+        }
         let mut listeners = Vec::new();
         let res = self.register_kvm(&vm, &mut listeners);
         let res = res.and_then(|()| self.boot_vcpus(&vm));

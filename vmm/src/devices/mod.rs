@@ -1,0 +1,3 @@
+//! Devices of the PC platform.
+
+pub mod legacy;
