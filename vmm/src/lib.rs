@@ -8,6 +8,7 @@ pub mod iothread;
 pub mod kvm;
 pub mod machine;
 pub mod memory;
+pub mod pci;
 pub mod ratelimit;
 pub mod vfio;
 pub mod vhost_user;

@@ -22,7 +22,9 @@ use crate::devices::legacy::{debug_exit, serial, DebugExit, Serial};
 use crate::kvm::ioevents::{Bus, KvmIoEvents, KvmIoListener};
 use crate::kvm::memslots::{KvmMemoryListener, KvmSlots, VcpuPause};
 use crate::kvm::{KvmError, VcpuEvent, VcpuSet, VcpuStop, Vm};
-use crate::memory::{AddressSpace, ListenerId, Memory, MemoryError};
+use crate::memory::{AddressSpace, ListenerId, Memory, MemoryError, MemoryRegion};
+use crate::pci::i440fx::{HostBridge, IsaBridge};
+use crate::pci::{ConfigIo, PciBus, PciError, CONFIG_PORT, CONFIG_PORTS};
 
 use super::dispatch::{Dispatch, ExitStats};
 use super::guest_ram::{guest_memory, GuestRamError};
@@ -73,6 +75,8 @@ pub enum MachineError {
     Vcpu { cpu: usize, detail: String },
     #[error("cannot create the machine's request eventfd")]
     Requests(#[source] std::io::Error),
+    #[error(transparent)]
+    Pci(#[from] PciError),
     #[error("cannot create the {0} device")]
     Device(&'static str, #[source] std::io::Error),
     #[error("cannot bind the interrupt line of GSI {gsi}")]
@@ -112,6 +116,8 @@ pub struct Machine {
     ram: GuestMemoryMmap,
     pub requests: Requests,
     pub stats: Arc<ExitStats>,
+    /// PCI bus 0: the i440FX host bridge at 00.0 and the PIIX3 at 01.0.
+    pub pci: Arc<PciBus>,
     resets: Vec<Arc<dyn Reset>>,
     /// Device interrupt lines bound to a GSI with an irqfd on every VM.
     irq_lines: Vec<(Arc<EventFd>, u32)>,
@@ -135,13 +141,36 @@ impl Machine {
         let memory = Arc::new(Memory::new());
         let pc = PcMemory::new(&memory, cfg.memory)?;
         let ram = guest_memory(&pc)?;
+        let requests = Requests::new().map_err(MachineError::Requests)?;
+        let pci = Arc::new(PciBus::new(
+            memory.clone(),
+            pc.pci.clone(),
+            pc.io_root.clone(),
+        ));
+        pci.add(0, 0, HostBridge::function(pc.pam_shared.clone()))?;
+        pci.add(1, 0, IsaBridge::function())?;
+        let rcr = requests.clone();
+        let conf = ConfigIo::new(
+            pci.clone(),
+            // PIIX3 reset control: RCPU (bit 2) resets the machine.
+            Box::new(move |v| {
+                if v & 4 != 0 {
+                    rcr.raise(Request::Reset);
+                }
+            }),
+        );
+        let conf = MemoryRegion::io("pci-conf", CONFIG_PORTS, Arc::new(conf));
+        let tx = memory.begin();
+        tx.add_subregion(&pc.io_root, CONFIG_PORT, &conf)?;
+        tx.commit()?;
         Ok(Machine {
             cfg,
             memory,
             pc,
             ram,
-            requests: Requests::new().map_err(MachineError::Requests)?,
+            requests,
             stats: Arc::default(),
+            pci,
             resets: Vec::new(),
             irq_lines: Vec::new(),
             vcpu_slot: Arc::default(),
@@ -301,9 +330,8 @@ impl Machine {
     /// Puts the platform back as after power-on, keeping RAM and the state
     /// devices keep across resets (CMOS).
     fn reset_platform(&mut self) -> Result<(), MachineError> {
-        let tx = self.memory.begin();
-        self.pc.pam().reset(&tx);
-        tx.commit()?;
+        // PCI reset unmaps BARs and, through the host bridge, the PAM.
+        self.pci.reset()?;
         for r in &self.resets {
             r.reset();
         }
