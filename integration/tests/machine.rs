@@ -156,3 +156,22 @@ fn without_the_hold_the_same_switches_fault_the_vcpu() {
         "the non-atomic update went unnoticed: the test would not catch the bug"
     );
 }
+
+#[test]
+fn a_guest_reset_boots_again_with_cmos_kept() {
+    for (how, cmdline) in [
+        ("0xcf9", "console=ttyS0 probe=reset"),
+        ("i8042", "console=ttyS0 probe=reset,kbd"),
+    ] {
+        let (mut m, out) = probe_machine(cmdline, true);
+        let status = m.run().expect("runs");
+        let out = out.lock().unwrap().clone();
+        assert_eq!(status, 0, "{how}:\n{out}");
+        assert_eq!(m.boots, 2, "{how}: one reset, two boots");
+        assert!(out.contains("first boot: resetting"), "{how}: {out}");
+        assert!(
+            out.contains("ok") && out.contains("booted a second time after the reset"),
+            "{how}: {out}"
+        );
+    }
+}

@@ -43,7 +43,7 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     pam::run();
     unassigned::run();
     if cmdline.selects("reset") {
-        reset::run();
+        reset::run(cmdline.selects("kbd"));
     }
     if cmdline.selects("memloop") {
         memloop::run(cmdline.number("memloop").unwrap_or(1_000_000));

@@ -18,7 +18,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootSpec, CpuTemplate, E820Entry, E820Kind};
-use crate::devices::legacy::{debug_exit, serial, DebugExit, Serial};
+use crate::devices::legacy::{
+    cmos, debug_exit, reset_ports, serial, Cmos, DebugExit, I8042Data, PortA, Serial, I8042,
+};
 use crate::kvm::ioevents::{Bus, KvmIoEvents, KvmIoListener};
 use crate::kvm::memslots::{KvmMemoryListener, KvmSlots, VcpuPause};
 use crate::kvm::{KvmError, VcpuEvent, VcpuSet, VcpuStop, Vm};
@@ -160,8 +162,30 @@ impl Machine {
             }),
         );
         let conf = MemoryRegion::io("pci-conf", CONFIG_PORTS, Arc::new(conf));
+        let cmos = Arc::new(Cmos::new(pc.below_4g, pc.above_4g));
+        let io = |name: &str, size, ops: Arc<dyn crate::memory::RegionOps>| {
+            MemoryRegion::io(name, size, ops)
+        };
         let tx = memory.begin();
         tx.add_subregion(&pc.io_root, CONFIG_PORT, &conf)?;
+        tx.add_subregion(
+            &pc.io_root,
+            cmos::PORT,
+            &io("rtc", cmos::SIZE, cmos.clone()),
+        )?;
+        let kbd = Arc::new(I8042(requests.clone()));
+        tx.add_subregion(
+            &pc.io_root,
+            reset_ports::I8042_DATA,
+            &io("i8042-data", 1, Arc::new(I8042Data)),
+        )?;
+        tx.add_subregion(
+            &pc.io_root,
+            reset_ports::I8042_COMMAND,
+            &io("i8042-cmd", 1, kbd),
+        )?;
+        let port_a = Arc::new(PortA::new(requests.clone()));
+        tx.add_subregion(&pc.io_root, reset_ports::PORT_A, &io("port92", 1, port_a))?;
         tx.commit()?;
         Ok(Machine {
             cfg,
@@ -171,7 +195,7 @@ impl Machine {
             requests,
             stats: Arc::default(),
             pci,
-            resets: Vec::new(),
+            resets: vec![cmos as Arc<dyn Reset>],
             irq_lines: Vec::new(),
             vcpu_slot: Arc::default(),
             running: None,
