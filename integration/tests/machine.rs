@@ -25,6 +25,10 @@ impl std::io::Write for Output {
 }
 
 fn probe_machine(cmdline: &str, atomic: bool) -> (Machine, Arc<Mutex<String>>) {
+    probe_machine_cpus(cmdline, atomic, 1)
+}
+
+fn probe_machine_cpus(cmdline: &str, atomic: bool, cpus: u8) -> (Machine, Arc<Mutex<String>>) {
     assert!(
         std::path::Path::new("/dev/kvm").exists(),
         "this test needs /dev/kvm"
@@ -32,7 +36,7 @@ fn probe_machine(cmdline: &str, atomic: bool) -> (Machine, Arc<Mutex<String>>) {
     let kernel = testkit::probe::build().expect("the probe builds");
     let mut m = Machine::new(MachineConfig {
         memory: 256 << 20,
-        cpus: 1,
+        cpus,
         kernel,
         cmdline: cmdline.into(),
         initrd: None,
@@ -174,4 +178,23 @@ fn a_guest_reset_boots_again_with_cmos_kept() {
             "{how}: {out}"
         );
     }
+}
+
+#[test]
+fn acpi_tables_describe_the_machine_and_s5_powers_it_off() {
+    let (mut m, out) = probe_machine_cpus("console=ttyS0 probe=s5 cpus=4", true, 4);
+    let status = m.run().expect("runs");
+    let out = out.lock().unwrap().clone();
+    assert_eq!(status, 0, "{out}");
+    for line in [
+        "ok 16 - ACPI RSDP from the zero page is valid",
+        "ACPI tables listed in the XSDT have valid checksums",
+        "ACPI FADT has a PM1 block and SCI 9",
+        "ACPI DSDT is valid and names PCI0, COM1 and _S5_",
+        "ACPI MADT has one local APIC per vCPU: 4 local APICs, 4 vCPUs expected",
+        "# powering off through ACPI S5",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    assert!(!out.contains("not ok"), "{out}");
 }

@@ -1,5 +1,6 @@
 //! A KVM PC machine built around a QEMU-style memory model.
 
+pub mod acpi;
 pub mod boot;
 pub mod cli;
 pub mod devices;

@@ -107,6 +107,7 @@ fn boot_kernel(kernel: &std::path::Path, cmdline: &str, cpus: u8) -> Guest {
             cmdline,
             initrd: None,
             e820: &e820,
+            acpi_rsdp: None,
         },
     )
     .expect("probe loads");

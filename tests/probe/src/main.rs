@@ -9,11 +9,13 @@
 //! after the checks (counting in RBX, no exits) for the host's vCPU control
 //! tests; `exception` raises #UD after the checks; `memloop` writes and
 //! reads RAM `memloop=N` times while the host changes the memory map;
-//! `reset` resets through 0xcf9 once and checks the second boot.
+//! `reset` resets through 0xcf9 once and checks the second boot; `s5`
+//! powers off through ACPI instead of the debug-exit port when all passed.
 
 #![no_std]
 #![no_main]
 
+mod acpi;
 mod bootparams;
 mod cmdline;
 mod entry;
@@ -42,6 +44,7 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     pci::run();
     pam::run();
     unassigned::run();
+    acpi::run(boot_params, cmdline.number("cpus").unwrap_or(1));
     if cmdline.selects("reset") {
         reset::run(cmdline.selects("kbd"));
     }
@@ -55,6 +58,10 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     }
     if cmdline.selects("spin") {
         spin();
+    }
+    if cmdline.selects("s5") && tap::failed() == 0 {
+        tap::plan();
+        acpi::power_off();
     }
     tap::finish()
 }

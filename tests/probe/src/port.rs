@@ -33,3 +33,9 @@ pub fn outl(port: u16, value: u32) {
         asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
     };
 }
+
+pub fn outw(port: u16, value: u16) {
+    // SAFETY: ring-3 port I/O is granted by the TSS I/O bitmap; the VMM
+    // answers the access.
+    unsafe { core::arch::asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack)) }
+}

@@ -61,10 +61,15 @@ pub fn failed() -> u32 {
     FAILED.load(Ordering::Relaxed)
 }
 
+/// Prints the plan line `1..N`.
+pub fn plan() {
+    crate::println!("1..{}", CHECKS.load(Ordering::Relaxed));
+}
+
 /// Prints the plan and leaves through the debug-exit port with the number
 /// of failed checks.
 pub fn finish() -> ! {
-    crate::println!("1..{}", CHECKS.load(Ordering::Relaxed));
+    plan();
     exit(failed())
 }
 

@@ -85,6 +85,8 @@ pub struct BootSpec<'a> {
     pub initrd: Option<&'a Path>,
     /// The guest's memory map, sorted and disjoint (see `pc_layout`).
     pub e820: &'a [E820Entry],
+    /// The ACPI RSDP's guest address, for the zero page.
+    pub acpi_rsdp: Option<u64>,
 }
 
 /// Where the boot pieces landed; what the boot vCPU needs.
@@ -129,6 +131,7 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<BootInfo, BootErro
         e820: spec.e820,
         cmdline_size,
         initrd,
+        acpi_rsdp: spec.acpi_rsdp,
     }
     .write(mem)?;
     tables::write_gdt(mem)?;

@@ -21,6 +21,8 @@ pub struct ZeroPage<'a> {
     /// Length of the command line at `CMDLINE_START`, NUL included.
     pub cmdline_size: usize,
     pub initrd: Option<(GuestAddress, u64)>,
+    /// Where the ACPI RSDP is (boot protocol 2.14 `acpi_rsdp_addr`).
+    pub acpi_rsdp: Option<u64>,
 }
 
 impl ZeroPage<'_> {
@@ -46,6 +48,9 @@ impl ZeroPage<'_> {
             params.ext_ramdisk_image = (addr.0 >> 32) as u32;
             params.hdr.ramdisk_size = size as u32;
             params.ext_ramdisk_size = (size >> 32) as u32;
+        }
+        if let Some(rsdp) = self.acpi_rsdp {
+            params.acpi_rsdp_addr = rsdp;
         }
         let table = to_zero_page(self.e820)?;
         params.e820_table[..table.len()].copy_from_slice(&table);
@@ -75,6 +80,7 @@ mod tests {
             e820: &map,
             cmdline_size: 12,
             initrd: Some((GuestAddress(0x1_2345_6000), 0x1_0000_0010)),
+            acpi_rsdp: None,
         };
         let p = page.build().unwrap();
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
@@ -107,6 +113,7 @@ mod tests {
             e820: &[E820Entry::new(0, 0x9_fc00, E820Kind::Ram)],
             cmdline_size: 1,
             initrd: None,
+            acpi_rsdp: None,
         };
         let p = page.build().unwrap();
         assert_eq!(p.hdr.setup_sects, 27);
@@ -125,6 +132,7 @@ mod tests {
             e820: &map,
             cmdline_size: 1,
             initrd: None,
+            acpi_rsdp: None,
         };
         assert_eq!(page.write(&mem).unwrap(), GuestAddress(0x7000));
         let flag: u16 = mem.read_obj(GuestAddress(0x7000 + 0x1fe)).unwrap();

@@ -99,10 +99,16 @@ impl PcMemory {
     }
 
     /// The e820 map the guest should see: (start, size, type) with type 1
-    /// usable RAM and 2 reserved. The legacy window and the BIOS are
-    /// reserved, as QEMU's firmware reports them.
+    /// usable RAM, 2 reserved and 3 ACPI data (the tables). The legacy
+    /// window and the BIOS are reserved, as QEMU's firmware reports them.
     pub fn e820(&self) -> Vec<(u64, u64, u32)> {
-        let mut v = vec![(0, 0x9fc00, 1), (0x9fc00, 0x400, 2), (0xf0000, 0x10000, 2)];
+        let acpi = crate::acpi::TABLES_START;
+        let mut v = vec![
+            (0, acpi, 1),
+            (acpi, crate::acpi::TABLES_SIZE, 3),
+            (acpi + crate::acpi::TABLES_SIZE, 0x400, 2),
+            (0xf0000, 0x10000, 2),
+        ];
         if self.below_4g > 0x100000 {
             v.push((0x100000, self.below_4g - 0x100000, 1));
         }

@@ -17,9 +17,11 @@ use arc_swap::ArcSwapOption;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::acpi::{self, AcpiConfig};
 use crate::boot::{self, BootSpec, CpuTemplate, E820Entry, E820Kind};
 use crate::devices::legacy::{
-    cmos, debug_exit, reset_ports, serial, Cmos, DebugExit, I8042Data, PortA, Serial, I8042,
+    cmos, debug_exit, pm, reset_ports, serial, Cmos, DebugExit, I8042Data, Pm1, PortA, Serial,
+    I8042,
 };
 use crate::kvm::ioevents::{Bus, KvmIoEvents, KvmIoListener};
 use crate::kvm::memslots::{KvmMemoryListener, KvmSlots, VcpuPause};
@@ -79,6 +81,8 @@ pub enum MachineError {
     Requests(#[source] std::io::Error),
     #[error(transparent)]
     Pci(#[from] PciError),
+    #[error("cannot write the ACPI tables: {0}")]
+    Acpi(String),
     #[error("cannot create the {0} device")]
     Device(&'static str, #[source] std::io::Error),
     #[error("cannot bind the interrupt line of GSI {gsi}")]
@@ -184,6 +188,12 @@ impl Machine {
             reset_ports::I8042_COMMAND,
             &io("i8042-cmd", 1, kbd),
         )?;
+        let pm1 = Arc::new(Pm1::new(requests.clone()));
+        tx.add_subregion(
+            &pc.io_root,
+            u64::from(acpi::PM_BASE),
+            &io("acpi-pm1", pm::SIZE, pm1.clone()),
+        )?;
         let port_a = Arc::new(PortA::new(requests.clone()));
         tx.add_subregion(&pc.io_root, reset_ports::PORT_A, &io("port92", 1, port_a))?;
         tx.commit()?;
@@ -195,7 +205,7 @@ impl Machine {
             requests,
             stats: Arc::default(),
             pci,
-            resets: vec![cmos as Arc<dyn Reset>],
+            resets: vec![cmos as Arc<dyn Reset>, pm1 as Arc<dyn Reset>],
             irq_lines: Vec::new(),
             vcpu_slot: Arc::default(),
             running: None,
@@ -240,10 +250,10 @@ impl Machine {
             .e820()
             .into_iter()
             .map(|(addr, size, kind)| {
-                let kind = if kind == 1 {
-                    E820Kind::Ram
-                } else {
-                    E820Kind::Reserved
+                let kind = match kind {
+                    1 => E820Kind::Ram,
+                    3 => E820Kind::Acpi,
+                    _ => E820Kind::Reserved,
                 };
                 E820Entry::new(addr, size, kind)
             })
@@ -305,11 +315,13 @@ impl Machine {
         vm: &Arc<Vm>,
     ) -> Result<(Arc<VcpuSet>, Receiver<VcpuEvent>), MachineError> {
         let e820 = self.e820();
+        let rsdp = self.write_acpi_tables()?;
         let spec = BootSpec {
             kernel: &self.cfg.kernel,
             cmdline: &self.cfg.cmdline,
             initrd: self.cfg.initrd.as_deref(),
             e820: &e820,
+            acpi_rsdp: Some(rsdp),
         };
         let info = boot::load(&self.ram, &spec).map_err(|source| MachineError::Boot {
             kernel: self.cfg.kernel.display().to_string(),
@@ -334,6 +346,27 @@ impl Machine {
         let (tx, events) = mpsc::channel();
         let vcpus = VcpuSet::spawn(vm.clone(), fds, handler, tx)?;
         Ok((Arc::new(vcpus), events))
+    }
+
+    /// Writes the ACPI tables into their RAM range; returns the RSDP's
+    /// address.
+    fn write_acpi_tables(&self) -> Result<u64, MachineError> {
+        use vm_memory::{Bytes, GuestAddress};
+        let cfg = AcpiConfig {
+            cpus: self.cfg.cpus,
+            pci_hole: (self.pc.below_4g.max(0x1000_0000), 0xfec0_0000),
+            pci_window64: (
+                crate::machine::layout::FOUR_GIB + self.pc.above_4g + (1 << 30),
+                1 << 40,
+            ),
+        };
+        let (pieces, rsdp) = acpi::build(&cfg);
+        for (at, bytes) in pieces {
+            self.ram
+                .write_slice(&bytes, GuestAddress(at))
+                .map_err(|e| MachineError::Acpi(e.to_string()))?;
+        }
+        Ok(rsdp)
     }
 
     fn unregister(&self, listeners: Vec<(Arc<AddressSpace>, ListenerId)>) {

@@ -1,0 +1,106 @@
+//! The tables: checksums, pointers, entry counts, AML names.
+
+use super::*;
+
+fn find(pieces: &[(u64, Vec<u8>)], at: u64) -> &[u8] {
+    &pieces
+        .iter()
+        .find(|(a, _)| *a == at)
+        .expect("a table at that address")
+        .1
+}
+
+fn sum(b: &[u8]) -> u8 {
+    b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+fn tables(cpus: u8) -> (Vec<(u64, Vec<u8>)>, u64) {
+    build(&AcpiConfig {
+        cpus,
+        pci_hole: (0x2000_0000, 0xfec0_0000),
+        pci_window64: (1 << 36, 1 << 38),
+    })
+}
+
+#[test]
+fn every_table_sums_to_zero_and_the_pointers_chain() {
+    let (pieces, rsdp_at) = tables(2);
+    let rsdp = find(&pieces, rsdp_at);
+    assert_eq!(&rsdp[..8], b"RSD PTR ");
+    assert_eq!(sum(&rsdp[..20]), 0, "RSDP v1 checksum");
+    assert_eq!(sum(&rsdp[..36]), 0, "RSDP extended checksum");
+    let xsdt_at = u64_at(rsdp, 24);
+    let xsdt = find(&pieces, xsdt_at);
+    assert_eq!(&xsdt[..4], b"XSDT");
+    assert_eq!(u32_at(xsdt, 4) as usize, xsdt.len());
+    let entries: Vec<u64> = (36..xsdt.len())
+        .step_by(8)
+        .map(|o| u64_at(xsdt, o))
+        .collect();
+    let mut sigs = Vec::new();
+    for &e in &entries {
+        let t = find(&pieces, e);
+        assert_eq!(u32_at(t, 4) as usize, t.len(), "length field");
+        assert_eq!(sum(t), 0, "{:?} checksum", std::str::from_utf8(&t[..4]));
+        sigs.push(t[..4].to_vec());
+    }
+    assert_eq!(sigs, vec![b"FACP".to_vec(), b"APIC".to_vec()]);
+    for (at, t) in &pieces {
+        assert!(*at >= TABLES_START && at + t.len() as u64 <= TABLES_START + TABLES_SIZE);
+    }
+}
+
+#[test]
+fn the_fadt_points_at_the_dsdt_pm_block_and_reset_register() {
+    let (pieces, rsdp_at) = tables(1);
+    let xsdt = find(&pieces, u64_at(find(&pieces, rsdp_at), 24));
+    let fadt = find(&pieces, u64_at(xsdt, 36));
+    assert_eq!(u32_at(fadt, 56), u32::from(PM_BASE), "PM1a_EVT_BLK");
+    assert_eq!(u32_at(fadt, 64), u32::from(PM1_CNT), "PM1a_CNT_BLK");
+    assert_eq!(u32_at(fadt, 76), u32::from(PM_TMR), "PM_TMR_BLK");
+    assert_eq!(u16::from_le_bytes([fadt[46], fadt[47]]), 9, "SCI_INT");
+    // RESET_REG: GAS at 116 (system I/O, 8 bits, port 0xcf9), value 6.
+    assert_eq!(fadt[116], 1);
+    assert_eq!(u64_at(fadt, 120), 0xcf9);
+    assert_eq!(fadt[128], 6);
+    let dsdt = find(&pieces, u64_at(fadt, 140));
+    assert_eq!(&dsdt[..4], b"DSDT");
+    assert_eq!(sum(dsdt), 0);
+    let has = |name: &[u8]| dsdt.windows(name.len()).any(|w| w == name);
+    for name in [&b"PCI0"[..], b"_S5_", b"COM1", b"_CRS", b"_HID"] {
+        assert!(has(name), "DSDT names {:?}", std::str::from_utf8(name));
+    }
+}
+
+#[test]
+fn the_madt_has_a_local_apic_per_cpu_and_the_ioapic() {
+    for cpus in [1u8, 4] {
+        let (pieces, rsdp_at) = tables(cpus);
+        let xsdt = find(&pieces, u64_at(find(&pieces, rsdp_at), 24));
+        let madt = find(&pieces, u64_at(xsdt, 44));
+        assert_eq!(u32_at(madt, 36), LAPIC_ADDR);
+        let mut off = 44;
+        let mut kinds = Vec::new();
+        while off < madt.len() {
+            kinds.push(madt[off]);
+            off += usize::from(madt[off + 1]);
+        }
+        assert_eq!(off, madt.len(), "entries fill the table exactly");
+        assert_eq!(kinds.iter().filter(|k| **k == 0).count(), usize::from(cpus));
+        assert_eq!(kinds.iter().filter(|k| **k == 1).count(), 1, "one IOAPIC");
+        assert_eq!(
+            kinds.iter().filter(|k| **k == 2).count(),
+            2,
+            "two overrides"
+        );
+        assert_eq!(kinds.iter().filter(|k| **k == 4).count(), 1, "LINT1 NMI");
+    }
+}
