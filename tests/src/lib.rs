@@ -1,4 +1,5 @@
 //! Test kit for the end-to-end suites: guest assets, the process harness for
 //! `vmm` and its peers, and a QMP client.
 
+pub mod guest_kit;
 pub mod probe;

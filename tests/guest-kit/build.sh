@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The Linux guest kit, from Debian packages resolved by name:
+#   bzImage    the cloud kernel (linux-image-cloud-amd64's versioned dependency)
+#   vmlinux    the same kernel uncompressed (ELF), extracted from the LZ4 payload
+#   initramfs  busybox-static, the virtio/vfio modules in load order, and an
+#              /init that prints GUEST-KIT-UP, runs kit_test=NAME if given,
+#              and powers off
+# Output goes to a cache directory outside the repository, keyed by the
+# package versions; a second run only verifies the manifest. The last line
+# printed is the directory.
+#
+# usage: tests/guest-kit/build.sh      env: VMM_GUEST_KIT_CACHE (default ~/.cache/vmm-guest-kit)
+set -euo pipefail
+
+cache=${VMM_GUEST_KIT_CACHE:-$HOME/.cache/vmm-guest-kit}
+here=$(cd "$(dirname "$0")" && pwd)
+export DEBIAN_FRONTEND=noninteractive
+
+missing=""
+for tool in lz4:lz4 cpio:cpio depmod:kmod readelf:binutils dpkg-deb:dpkg; do
+    command -v "${tool%%:*}" >/dev/null || missing="$missing ${tool##*:}"
+done
+if [ -n "$missing" ]; then
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+candidate() { apt-cache policy "$1" | awk '/Candidate:/ {print $2}'; }
+kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+if [ -z "$kpkg" ]; then
+    apt-get update -qq
+    kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+fi
+[ -n "$kpkg" ] || { echo "guest-kit: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
+kver=$(candidate "$kpkg")
+bver=$(candidate busybox-static)
+out="$cache/${kpkg}_${kver}-busybox_${bver}"
+
+if [ -f "$out/manifest.txt" ] && (cd "$out" && sha256sum --quiet -c sha256sums 2>/dev/null); then
+    echo "$out"
+    exit 0
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+apt-get download -qq "$kpkg" busybox-static >/dev/null
+dpkg-deb -x "$kpkg"_*.deb kroot
+modver=$(ls kroot/lib/modules)
+depmod -b kroot "$modver"
+mkdir -p "$out.tmp"
+cp "kroot/boot/vmlinuz-$modver" "$out.tmp/bzImage"
+
+# The payload is LZ4 (legacy frame, magic 02 21 4c 18): decompress from
+# the first match that yields an ELF.
+for off in $(grep -obUaP '\x02\x21\x4c\x18' "$out.tmp/bzImage" | cut -d: -f1); do
+    tail -c +$((off + 1)) "$out.tmp/bzImage" | lz4 -dc 2>/dev/null > vmlinux || true
+    if readelf -h vmlinux >/dev/null 2>&1; then
+        mv vmlinux "$out.tmp/vmlinux"
+        break
+    fi
+done
+[ -f "$out.tmp/vmlinux" ] || { echo "guest-kit: no ELF in the bzImage payload" >&2; exit 1; }
+
+root=rootfs
+mkdir -p $root/{bin,sbin,dev,proc,sys,tmp,etc,lib/modules}
+dpkg-deb --fsys-tarfile busybox-static_*.deb | tar -x ./bin/busybox
+cp bin/busybox $root/bin/busybox
+for a in $($root/bin/busybox --list); do
+    [ "$a" = busybox ] || ln -sf busybox "$root/bin/$a"
+done
+: > $root/lib/modules/load-order
+for m in virtio_pci virtio_blk virtio_mem vfio_pci vfio_iommu_type1; do
+    modprobe -d kroot -S "$modver" --show-depends "$m" 2>/dev/null | awk '$1 == "insmod" {print $2}'
+done | awk '!seen[$0]++' | while read -r ko; do
+    cp "$ko" "$root/lib/modules/"
+    echo "/lib/modules/$(basename "$ko")" >> $root/lib/modules/load-order
+done
+install -m 755 "$here/init" $root/init
+(cd $root && find . -print0 | cpio --null -o -H newc --quiet | gzip -6) > "$out.tmp/initramfs.cpio.gz"
+
+{
+    echo "kernel package: $kpkg $kver"
+    echo "kernel release: $modver"
+    echo "busybox-static: $bver"
+    echo "modules: $(wc -l < $root/lib/modules/load-order)"
+} > "$out.tmp/manifest.txt"
+(cd "$out.tmp" && sha256sum bzImage vmlinux initramfs.cpio.gz manifest.txt > sha256sums)
+rm -rf "$out"
+mv "$out.tmp" "$out"
+echo "$out"
