@@ -198,3 +198,101 @@ fn acpi_tables_describe_the_machine_and_s5_powers_it_off() {
     }
     assert!(!out.contains("not ok"), "{out}");
 }
+
+/// The PAM modes the probe tried, as the VMM shows them: the `info mtree -f`
+/// line at 0xc0000 for each mode matches what the guest observed there
+/// (the option ROM, RAM, read-only RAM).
+#[test]
+fn info_mtree_f_agrees_with_what_the_guest_saw_for_each_pam_mode() {
+    let (mut m, out) = probe_machine("console=ttyS0 probe=none", true);
+    assert_eq!(m.run().unwrap(), 0);
+    let out = out.lock().unwrap().clone();
+    for seen in [
+        "ok 10 - PAM 0 (PCI): 0xc0000 is the option ROM, writes dropped",
+        "PAM 3 (RAM): 0xc0000 is read/write RAM",
+        "PAM 1 (read-only): reads come from RAM, writes are dropped",
+    ] {
+        assert!(
+            out.contains(seen),
+            "the guest did not report {seen:?}:\n{out}"
+        );
+    }
+    // The same register writes from the host, through the same bus.
+    for (mode, want) in [
+        (
+            0u8,
+            "00000000000c0000-00000000000dffff (prio 1, rom): pc.rom",
+        ),
+        (3, "0000000000000000-00000000000c3fff (prio 0, ram): pc.ram"),
+        (
+            1,
+            "00000000000c0000-00000000000c3fff (prio 0, rom): pc.ram @00000000000c0000",
+        ),
+    ] {
+        m.pci.config_write(0, 0, 0x5a, &[mode]);
+        let flat = vmm::memory::mtree::info_mtree_flat(&m.memory);
+        assert!(
+            flat.lines()
+                .any(|l| l.trim_start().starts_with(want.trim_start())),
+            "PAM {mode}: no line {want:?} in:\n{flat}"
+        );
+    }
+}
+
+fn vmm(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(testkit::process::vmm_binary())
+        .args(args)
+        .output()
+        .expect("the vmm binary runs")
+}
+
+#[test]
+fn the_binary_exits_with_the_guest_status_or_a_clear_error() {
+    let ok = vmm(&["--memory", "256M", "--serial", "none"]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    for (args, code, says) in [
+        (
+            &["--memory", "12X"][..],
+            2,
+            "--memory: \"12X\" is not a size",
+        ),
+        (&["--cpus", "0"][..], 2, "--cpus"),
+        (&["--bogus"][..], 2, "unknown option \"--bogus\""),
+        (
+            &["--kernel", "/nonexistent/vmlinux"][..],
+            1,
+            "--kernel /nonexistent/vmlinux",
+        ),
+        (
+            &["--kernel", "/etc/hostname"][..],
+            1,
+            "neither ELF nor bzImage",
+        ),
+    ] {
+        let o = vmm(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn without_dev_kvm_the_binary_says_so() {
+    // A private mount namespace with an empty /dev hides /dev/kvm.
+    let o = std::process::Command::new("unshare")
+        .args(["--mount", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs none /dev && exec {} --serial none",
+            testkit::process::vmm_binary().display()
+        ))
+        .output()
+        .expect("unshare (util-linux) runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot open /dev/kvm"), "{err}");
+}

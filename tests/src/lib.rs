@@ -3,3 +3,4 @@
 
 pub mod guest_kit;
 pub mod probe;
+pub mod process;
