@@ -41,6 +41,7 @@ fn probe_machine_cpus(cmdline: &str, atomic: bool, cpus: u8) -> (Machine, Arc<Mu
         cmdline: cmdline.into(),
         initrd: None,
         atomic_memslots: atomic,
+        aps_at_entry: true,
     })
     .expect("machine");
     let out = Arc::new(Mutex::new(String::new()));
@@ -295,4 +296,65 @@ fn without_dev_kvm_the_binary_says_so() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot open /dev/kvm"), "{err}");
+}
+
+/// The form of the atomicity test: two vCPUs; the BSP switches PAM
+/// segment 0 through the host bridge's config space (the transaction, and
+/// the pause, run on its own vCPU thread) while AP 1 reads and writes RAM in
+/// the slot being split and re-merged.
+fn smp_memloop(atomic: bool) -> (Result<u32, String>, String, u64, u32) {
+    let (mut m, out) = probe_machine_cpus(
+        "console=ttyS0 cpus=2 probe=smp-memloop memloop=100000000",
+        atomic,
+        2,
+    );
+    // Without the hold the guest faults, reboots, and switches again on
+    // every boot: stop it once a second boot shows, or after a minute.
+    let requests = m.requests.clone();
+    let stats = m.stats.clone();
+    let runner = std::thread::spawn(move || {
+        let res = m.run().map_err(|e| format!("{e}"));
+        (res, m.boots)
+    });
+    let start = Instant::now();
+    while !runner.is_finished() && start.elapsed() < std::time::Duration::from_secs(60) {
+        if out.lock().unwrap().matches("# probe: ring 3").count() > 1 {
+            break;
+        }
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+    requests.raise(vmm::machine::Request::Stop(0xdead));
+    let (res, boots) = runner.join().unwrap();
+    let out = out.lock().unwrap().clone();
+    (res, out, stats.snapshot()[5], boots)
+}
+
+#[test]
+fn two_vcpus_one_switching_pam_through_config_space_never_fault() {
+    let (res, out, on_ram, boots) = smp_memloop(true);
+    eprintln!("{out}");
+    assert_eq!(res, Ok(0), "{out}");
+    assert_eq!(boots, 1, "no fault, no reboot");
+    assert_eq!(on_ram, 0, "no RAM access exited to the VMM");
+    assert!(
+        out.contains("ok") && out.contains("AP 1's reads all returned what it wrote"),
+        "{out}"
+    );
+    assert!(out.contains("the switches overlapped the loop"), "{out}");
+}
+
+#[test]
+fn two_vcpus_without_the_hold_do_fault() {
+    let (res, out, on_ram, boots) = smp_memloop(false);
+    let first = res
+        .as_ref()
+        .err()
+        .and_then(|e| e.lines().next().map(String::from));
+    eprintln!("{on_ram} RAM exits, {boots} boots, result {first:?}");
+    assert!(
+        out.contains("smp-memloop: AP 1 loops"),
+        "the loop never started:\n{out}"
+    );
+    let detected = res != Ok(0) || boots > 1 || on_ram > 0 || out.contains("not ok");
+    assert!(detected, "the non-atomic update went unnoticed:\n{out}");
 }

@@ -103,6 +103,7 @@ fn linux_machine(
         cmdline: cmdline.into(),
         initrd,
         atomic_memslots: true,
+        aps_at_entry: false,
     })
     .unwrap();
     let out = Arc::new(Mutex::new(String::new()));

@@ -84,6 +84,8 @@ fn run(opts: Options) -> anyhow::Result<u32> {
             .unwrap_or_else(|| default_cmdline.into()),
         initrd: opts.initrd.clone(),
         atomic_memslots: true,
+        // The built-in probe brings its CPUs up itself.
+        aps_at_entry: opts.kernel.is_none(),
     };
     let out: Box<dyn Write + Send> = match &opts.serial {
         Serial::Stdout => Box::new(std::io::stdout()),

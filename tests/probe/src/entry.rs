@@ -14,6 +14,14 @@
 //! 4. `iretq`s to ring 3 with IOPL 3 and interrupts off and calls
 //!    `probe_main(boot_params)` there.
 //!
+//! Every vCPU may enter here at once (the VMM starts application
+//! processors at the entry for the probe). Each finds its index in its
+//! initial APIC id (CPUID leaf 1) and takes its own TSS descriptor (a busy
+//! TSS cannot be loaded twice), TSS, ring-0 stack and ring-3 stack; the I/O
+//! bitmap, GDT, IDT and page tables are shared. CPU 0 runs `probe_main`,
+//! the others `ap_main(index)`. Nothing touches the stack before it is the
+//! CPU's own.
+//!
 //! The ring-0 stack's top is 0x200000: after a CPU exception the frame
 //! (error code if any, RIP, CS, RFLAGS, RSP, SS) ends there.
 //!
@@ -32,6 +40,10 @@ global_asm!(
     .set USER_CS, 0x23
     .set TSS_SEL, 0x28
     .set DEBUG_EXIT_PORT, 0x501
+    .set MAX_CPUS, 8
+    .set TSS_STRIDE, 128
+    .set AP_KSTACK, 16384
+    .set AP_USTACK, 65536
 
     .section .text.entry, "ax"
     .code64
@@ -39,24 +51,54 @@ global_asm!(
 _start:
     cli
     mov %rsi, %r15
+    /* CPU index: the initial APIC id, CPUID.1:EBX[31:24]. */
+    mov $1, %eax
+    cpuid
+    shr $24, %ebx
+    mov %ebx, %r14d
+    cmp $MAX_CPUS, %r14d
+    jae park
+    test %r14d, %r14d
+    jnz 4f
     lea kernel_stack_top(%rip), %rsp
-
-    /* TSS descriptor: limit 104 + 8192 (the I/O bitmap), type 0x89,
-       base split over the fields. */
-    lea tss(%rip), %rax
+    jmp 5f
+4:
+    lea ap_kstacks(%rip), %rsp
+    mov %r14, %rax
+    shl $14, %rax
+    add %rax, %rsp
+5:
+    /* This CPU's TSS: rsp0 and the offset of the shared I/O bitmap. */
+    lea tss_array(%rip), %rax
+    mov %r14, %rcx
+    shl $7, %rcx
+    add %rcx, %rax
+    mov %rsp, 4(%rax)
+    lea io_bitmap(%rip), %rcx
+    sub %rax, %rcx
+    mov %cx, 102(%rax)
+    /* Its descriptor: limit = bitmap offset + 8192 (the terminator),
+       type 0x89, base split over the fields. */
     mov %rax, %rdx
     and $0xffffff, %edx
     shl $16, %rdx
-    mov %rax, %rcx
-    shr $24, %rcx
-    shl $56, %rcx
+    mov %rax, %r8
+    shr $24, %r8
+    and $0xff, %r8
+    shl $56, %r8
+    or %r8, %rdx
+    add $8192, %rcx
+    and $0xffff, %ecx
     or %rcx, %rdx
-    movabs $0x0000890000002068, %rcx
-    or %rcx, %rdx
-    mov %rdx, gdt_tss(%rip)
+    movabs $0x0000890000000000, %r8
+    or %r8, %rdx
+    lea gdt_tss(%rip), %rdi
+    mov %r14, %rcx
+    shl $4, %rcx
+    add %rcx, %rdi
+    mov %rdx, (%rdi)
     shr $32, %rax
-    mov %rax, gdt_tss+8(%rip)
-
+    mov %rax, 8(%rdi)
     lgdt gdt_pointer(%rip)
     mov $KERNEL_DS, %eax
     mov %eax, %ds
@@ -70,7 +112,9 @@ _start:
     push %rax
     lretq
 1:
-    mov $TSS_SEL, %eax
+    mov %r14d, %eax
+    shl $4, %eax
+    add $TSS_SEL, %eax
     ltr %ax
 
     /* 32 interrupt gates, one per 16-byte exception stub. */
@@ -107,15 +151,27 @@ _start:
     lea pml4(%rip), %rax
     mov %rax, %cr3
 
-    /* To ring 3: IOPL 3, IF 0. */
-    pushq $USER_DS
+    /* To ring 3: IOPL 3, IF 0; CPU 0 to probe_main, the others to
+       ap_main(index). */
+    test %r14d, %r14d
+    jnz 6f
     lea user_stack_top(%rip), %rax
+    lea ring3_start(%rip), %rbx
+    mov %r15, %rdi
+    jmp 7f
+6:
+    lea ap_ustacks(%rip), %rax
+    mov %r14, %rcx
+    shl $16, %rcx
+    add %rcx, %rax
+    lea ring3_ap(%rip), %rbx
+    mov %r14, %rdi
+7:
+    pushq $USER_DS
     push %rax
     pushq $0x3002
     pushq $USER_CS
-    lea ring3_start(%rip), %rax
-    push %rax
-    mov %r15, %rdi
+    push %rbx
     iretq
 
 ring3_start:
@@ -125,6 +181,18 @@ ring3_start:
     xor %ebp, %ebp
     call probe_main
     ud2
+
+ring3_ap:
+    mov $USER_DS, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    xor %ebp, %ebp
+    call ap_main
+    ud2
+
+park:
+    hlt
+    jmp park
 
     /* Exception stubs, 16 bytes apart: report 0x100 | vector and stop. */
     .balign 16
@@ -155,7 +223,7 @@ gdt:
     .quad 0x00cff3000000ffff    /* 0x18 user data */
     .quad 0x00affb000000ffff    /* 0x20 user code, 64-bit */
 gdt_tss:
-    .quad 0, 0                  /* 0x28 TSS, filled in by _start */
+    .fill MAX_CPUS * 2, 8, 0    /* 0x28 + 16k: CPU k's TSS, filled in by _start */
 gdt_end:
 
     .balign 16
@@ -170,20 +238,14 @@ idt_pointer:
     .word 32 * 16 - 1
     .quad idt
 
-    .balign 16
-tss:
-    .long 0
-    .quad kernel_stack_top      /* rsp0 */
-    .quad 0, 0                  /* rsp1, rsp2 */
-    .quad 0
-    .quad 0, 0, 0, 0, 0, 0, 0   /* ist1..ist7 */
-    .quad 0
-    .word 0
-    .word 104                   /* I/O bitmap right after the TSS */
+    /* One 104-byte TSS per CPU (rsp0 and the bitmap offset filled in by
+       _start), then the I/O bitmap they share. */
+    .balign 128
+tss_array:
+    .fill MAX_CPUS * TSS_STRIDE, 1, 0
 io_bitmap:
     .fill 8192, 1, 0            /* every port allowed */
     .byte 0xff                  /* the terminator the CPU reads past the end */
-
     /* Identity map of 0..4 GiB in 2 MiB pages, user-accessible. */
     .section .data.pagetables, "aw"
     .balign 4096
@@ -215,6 +277,12 @@ idt:
 user_stack:
     .skip 64 * 1024
 user_stack_top:
+    .balign 4096
+ap_kstacks:                     /* CPU k's ring-0 stack top: ap_kstacks + 16K * k */
+    .skip MAX_CPUS * AP_KSTACK
+    .balign 4096
+ap_ustacks:                     /* CPU k's ring-3 stack top: ap_ustacks + 64K * k */
+    .skip MAX_CPUS * AP_USTACK
 
     .section .kernel_stack, "aw", @nobits
 kernel_stack:

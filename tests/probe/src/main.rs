@@ -10,7 +10,9 @@
 //! tests; `exception` raises #UD after the checks; `memloop` writes and
 //! reads RAM `memloop=N` times while the host changes the memory map;
 //! `reset` resets through 0xcf9 once and checks the second boot; `s5`
-//! powers off through ACPI instead of the debug-exit port when all passed.
+//! powers off through ACPI instead of the debug-exit port when all passed;
+//! `smp-memloop` runs the memory loop on AP 1 while the BSP switches PAM.
+//! `cpus=N` says how many vCPUs to expect.
 
 #![no_std]
 #![no_main]
@@ -27,6 +29,7 @@ mod port;
 mod ram;
 mod reset;
 mod serial;
+mod smp;
 mod tap;
 mod unassigned;
 
@@ -44,7 +47,10 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     pci::run();
     pam::run();
     unassigned::run();
-    acpi::run(boot_params, cmdline.number("cpus").unwrap_or(1));
+    let cpus = cmdline.number("cpus").unwrap_or(1);
+    acpi::run(boot_params, cpus);
+    let smp_loop = cmdline.selects("smp-memloop").then(|| cmdline.number("memloop").unwrap_or(1_000_000));
+    smp::run(cpus, smp_loop);
     if cmdline.selects("reset") {
         reset::run(cmdline.selects("kbd"));
     }

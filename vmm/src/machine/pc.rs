@@ -51,6 +51,10 @@ pub struct MachineConfig {
     /// Hold vCPUs while an overlapping memslot update is applied (QEMU
     /// f39b7d2b). Off only to show what goes wrong without it.
     pub atomic_memslots: bool,
+    /// Start every vCPU at the kernel's 64-bit entry, runnable, instead of
+    /// keeping application processors waiting for INIT/SIPI: for guests
+    /// that bring their CPUs up themselves (the probe). Linux wants false.
+    pub aps_at_entry: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -333,8 +337,19 @@ impl Machine {
         let mut fds = Vec::with_capacity(cpus.into());
         for cpu in 0..cpus {
             let fd = vm.create_vcpu(cpu)?;
-            boot::setup_vcpu(&fd, &template, cpu, cpus, (cpu == 0).then_some(&info))
+            let at_entry = cpu == 0 || self.cfg.aps_at_entry;
+            boot::setup_vcpu(&fd, &template, cpu, cpus, at_entry.then_some(&info))
                 .map_err(|source| MachineError::VcpuSetup { cpu, source })?;
+            if cpu > 0 && at_entry {
+                let runnable = kvm_bindings::kvm_mp_state {
+                    mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+                };
+                fd.set_mp_state(runnable)
+                    .map_err(|source| MachineError::VcpuSetup {
+                        cpu,
+                        source: boot::BootError::Vcpu(source),
+                    })?;
+            }
             fds.push(fd);
         }
         let handler = Arc::new(Dispatch::new(
