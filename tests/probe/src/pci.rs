@@ -29,7 +29,6 @@ pub fn read_config(bdf: Bdf, offset: u8) -> u32 {
     inl(CONFIG_DATA)
 }
 
-#[allow(dead_code)] // for the BAR checks to come
 pub fn write_config(bdf: Bdf, offset: u8, value: u32) {
     let address = 0x8000_0000
         | u32::from(bdf.bus) << 16
@@ -115,7 +114,74 @@ pub fn scan_bus(bus: u8, mut found: impl FnMut(&Function)) -> usize {
     count
 }
 
+/// Sizes the six BARs of a type-0 function the way an OS does: decoding
+/// off, all ones written, the mask read back, the old value and command
+/// restored. Returns (BAR index, size, is I/O) of the implemented ones, and
+/// whether every register was restored.
+pub fn size_bars(bdf: Bdf) -> ([(u8, u64, bool); 6], usize, bool) {
+    let mut found = [(0u8, 0u64, false); 6];
+    let mut n = 0;
+    let mut restored = true;
+    let cmd = read_config(bdf, 0x04);
+    write_config(bdf, 0x04, cmd & !0x3);
+    let mut i = 0u8;
+    while i < 6 {
+        let off = 0x10 + i * 4;
+        let old = read_config(bdf, off);
+        write_config(bdf, off, u32::MAX);
+        let mask = read_config(bdf, off);
+        write_config(bdf, off, old);
+        restored &= read_config(bdf, off) == old;
+        let io = mask & 1 == 1;
+        let wide = !io && (mask >> 1) & 3 == 2;
+        let mut size_mask = u64::from(mask & if io { !3 } else { !0xf });
+        if wide {
+            let hi_old = read_config(bdf, off + 4);
+            write_config(bdf, off + 4, u32::MAX);
+            size_mask |= u64::from(read_config(bdf, off + 4)) << 32;
+            write_config(bdf, off + 4, hi_old);
+        } else if size_mask != 0 {
+            size_mask |= 0xffff_ffff_0000_0000;
+        }
+        if size_mask != 0 {
+            found[n] = (i, (!size_mask).wrapping_add(1), io);
+            n += 1;
+        }
+        i += if wide { 2 } else { 1 };
+    }
+    write_config(bdf, 0x04, cmd);
+    (found, n, restored)
+}
+
 pub fn run() {
-    let count = scan_bus(0, |f| crate::diag!("pci {f}"));
+    let mut host_and_isa = 0;
+    let mut bars = 0;
+    let mut restored = true;
+    let count = scan_bus(0, |f| {
+        crate::diag!("pci {f}");
+        if (f.vendor, f.device) == (0x8086, 0x1237) || (f.vendor, f.device) == (0x8086, 0x7000) {
+            host_and_isa += 1;
+        }
+        if f.header_type & 0x7f == 0 {
+            let (found, n, ok) = size_bars(f.bdf);
+            restored &= ok;
+            bars += n;
+            for (i, size, io) in &found[..n] {
+                crate::diag!("pci {} BAR{i}: {size:#x} bytes of {}", f.bdf, if *io { "I/O" } else { "memory" });
+            }
+        }
+    });
     crate::check!("pci bus 0 scanned", true, "{count} functions");
+    if host_and_isa > 0 {
+        crate::check!(
+            "pci finds the i440FX host bridge and the PIIX3 ISA bridge",
+            host_and_isa == 2,
+            "{host_and_isa} of 2"
+        );
+    }
+    crate::check!(
+        "pci BARs sized and restored",
+        restored,
+        "{bars} BARs implemented"
+    );
 }
