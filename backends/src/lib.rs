@@ -3,3 +3,4 @@
 //! two transports, one truth.
 
 pub mod block;
+pub mod vhost_user_blk;

@@ -4,3 +4,4 @@
 pub mod guest_kit;
 pub mod probe;
 pub mod process;
+pub mod virtq;
