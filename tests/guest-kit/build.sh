@@ -3,8 +3,8 @@
 #   bzImage    the cloud kernel (linux-image-cloud-amd64's versioned dependency)
 #   vmlinux    the same kernel uncompressed (ELF), extracted from the LZ4 payload
 #   initramfs  busybox-static, the virtio/vfio modules in load order, and an
-#              /init that prints GUEST-KIT-UP, runs kit_test=NAME if given,
-#              and powers off
+#              /init that prints GUEST-KIT-UP, runs /tests/NAME for
+#              kit_test=NAME (tests/guest-kit/tests/), and powers off
 # Output goes to a cache directory outside the repository, keyed by the
 # package versions; a second run only verifies the manifest. The last line
 # printed is the directory.
@@ -35,7 +35,9 @@ fi
 [ -n "$kpkg" ] || { echo "guest-kit: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
 kver=$(candidate "$kpkg")
 bver=$(candidate busybox-static)
-out="$cache/${kpkg}_${kver}-busybox_${bver}"
+# The scripts packed into the initramfs are part of the key too.
+scripts=$(cat "$here/init" "$here"/tests/* | sha256sum | cut -c1-12)
+out="$cache/${kpkg}_${kver}-busybox_${bver}-${scripts}"
 
 if [ -f "$out/manifest.txt" ] && (cd "$out" && sha256sum --quiet -c sha256sums 2>/dev/null); then
     echo "$out"
@@ -78,6 +80,8 @@ done | awk '!seen[$0]++' | while read -r ko; do
     echo "/lib/modules/$(basename "$ko")" >> $root/lib/modules/load-order
 done
 install -m 755 "$here/init" $root/init
+mkdir -p $root/tests
+install -m 755 "$here"/tests/* $root/tests/
 (cd $root && find . -print0 | cpio --null -o -H newc --quiet | gzip -6) > "$out.tmp/initramfs.cpio.gz"
 
 {
