@@ -11,18 +11,7 @@ use vmm::machine::pam::PamMode;
 use vmm::machine::{Machine, MachineConfig};
 
 /// Collects what the guest writes to COM1.
-#[derive(Clone)]
-struct Output(Arc<Mutex<String>>);
-
-impl std::io::Write for Output {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().push_str(&String::from_utf8_lossy(b));
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use testkit::process::Captured as Output;
 
 fn probe_machine(cmdline: &str, atomic: bool) -> (Machine, Arc<Mutex<String>>) {
     probe_machine_cpus(cmdline, atomic, 1)

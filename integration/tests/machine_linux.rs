@@ -13,18 +13,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::boot::{self, BootSpec};
 use vmm::machine::{Machine, MachineConfig, Request};
 
-#[derive(Clone)]
-struct Output(Arc<Mutex<String>>);
-
-impl std::io::Write for Output {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().push_str(&String::from_utf8_lossy(b));
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use testkit::process::Captured as Output;
 
 fn kit() -> testkit::guest_kit::GuestKit {
     testkit::guest_kit::assets().expect("the guest kit builds (Debian packages by name)")

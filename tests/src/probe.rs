@@ -34,15 +34,22 @@ pub fn build() -> Result<PathBuf, ProbeError> {
 }
 
 fn build_uncached() -> Result<PathBuf, ProbeError> {
+    build_in(&target_dir())
+}
+
+/// Builds the probe with `target_dir` as its cargo target directory and
+/// returns the ELF path. Also used by vmm's build script, so it clears what
+/// an outer cargo (build, test or clippy) passes down.
+pub fn build_in(target_dir: &Path) -> Result<PathBuf, ProbeError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let target_dir = target_dir();
     let mut command = Command::new(cargo);
     command
         .current_dir(source_dir())
         .args(["build", "--release", "--quiet", "--target-dir"])
-        .arg(&target_dir);
-    // The probe's flags come from its own .cargo/config.toml; flags or a
-    // target meant for the outer build would override them.
+        .arg(target_dir);
+    // The probe's flags come from its own .cargo/config.toml; flags, a
+    // target or a compiler wrapper (clippy's) meant for the outer build
+    // would override them.
     for var in [
         "RUSTFLAGS",
         "CARGO_ENCODED_RUSTFLAGS",
@@ -50,6 +57,11 @@ fn build_uncached() -> Result<PathBuf, ProbeError> {
         "CARGO_BUILD_TARGET",
         "CARGO_TARGET_DIR",
         "CARGO_BUILD_TARGET_DIR",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CLIPPY_ARGS",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
     ] {
         command.env_remove(var);
     }

@@ -18,3 +18,27 @@ pub fn binary(name: &str) -> PathBuf {
 pub fn vmm_binary() -> PathBuf {
     binary("vmm")
 }
+
+/// A writer that collects what a guest prints (COM1), shareable with the
+/// test that reads it.
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<std::sync::Mutex<String>>);
+
+impl Captured {
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_str(&String::from_utf8_lossy(b));
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
