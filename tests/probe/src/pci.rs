@@ -19,23 +19,22 @@ impl core::fmt::Display for Bdf {
 }
 
 /// Reads the dword at `offset` (rounded down to 4) of a function's config space.
-pub fn read_config(bdf: Bdf, offset: u8) -> u32 {
-    let address = 0x8000_0000
+/// The CONFIG_ADDRESS value selecting `offset` (dword aligned) of `bdf`.
+fn address(bdf: Bdf, offset: u8) -> u32 {
+    0x8000_0000
         | u32::from(bdf.bus) << 16
         | u32::from(bdf.device & 0x1f) << 11
         | u32::from(bdf.function & 0x7) << 8
-        | u32::from(offset & 0xfc);
-    outl(CONFIG_ADDRESS, address);
+        | u32::from(offset & 0xfc)
+}
+
+pub fn read_config(bdf: Bdf, offset: u8) -> u32 {
+    outl(CONFIG_ADDRESS, address(bdf, offset));
     inl(CONFIG_DATA)
 }
 
 pub fn write_config(bdf: Bdf, offset: u8, value: u32) {
-    let address = 0x8000_0000
-        | u32::from(bdf.bus) << 16
-        | u32::from(bdf.device & 0x1f) << 11
-        | u32::from(bdf.function & 0x7) << 8
-        | u32::from(offset & 0xfc);
-    outl(CONFIG_ADDRESS, address);
+    outl(CONFIG_ADDRESS, address(bdf, offset));
     outl(CONFIG_DATA, value);
 }
 
