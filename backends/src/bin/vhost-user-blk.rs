@@ -2,7 +2,7 @@
 //! project's VMM, QEMU) over a unix socket, one frontend at a time.
 //!
 //! usage: vhost-user-blk --socket PATH --image PATH [--readonly]
-//!        [--num-queues N] [--queue-size N] [--direct] [--serial S]
+//!        [--num-queues N] [--queue-size N] [--serial S]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -22,7 +22,6 @@ struct Opts {
     readonly: bool,
     queues: u16,
     queue_size: u16,
-    direct: bool,
     serial: String,
 }
 
@@ -35,7 +34,6 @@ fn parse() -> anyhow::Result<Opts> {
         readonly: false,
         queues: 1,
         queue_size: 256,
-        direct: false,
         serial: "vmm-vhost-user-blk".into(),
     };
     let mut args = std::env::args().skip(1);
@@ -45,7 +43,6 @@ fn parse() -> anyhow::Result<Opts> {
             "--socket" => socket = Some(PathBuf::from(value("--socket")?)),
             "--image" => image = Some(PathBuf::from(value("--image")?)),
             "--readonly" => o.readonly = true,
-            "--direct" => o.direct = true,
             "--serial" => o.serial = value("--serial")?,
             "--num-queues" => {
                 let v = value("--num-queues")?;
@@ -75,7 +72,7 @@ fn parse() -> anyhow::Result<Opts> {
 
 fn run(o: Opts) -> anyhow::Result<()> {
     let disk = Arc::new(
-        DiskImage::open(&o.image, o.readonly, o.direct, &o.serial)
+        DiskImage::open(&o.image, o.readonly, &o.serial)
             .with_context(|| format!("--image {}", o.image.display()))?,
     );
     let mut listener = Listener::new(&o.socket, true)

@@ -29,19 +29,11 @@ pub struct DiskImage {
 }
 
 impl DiskImage {
-    /// Opens `path`; `direct` asks for O_DIRECT (the caller then needs
-    /// 512-byte aligned buffers, which `process` uses).
-    pub fn open(
-        path: &Path,
-        readonly: bool,
-        direct: bool,
-        serial: &str,
-    ) -> Result<Self, DiskError> {
+    /// Opens `path` (buffered I/O: O_DIRECT needs sector-aligned buffers
+    /// gathered across descriptors, which `process` does not do yet).
+    pub fn open(path: &Path, readonly: bool, serial: &str) -> Result<Self, DiskError> {
         let mut o = OpenOptions::new();
-        o.read(true).write(!readonly);
-        if direct {
-            o.custom_flags(libc::O_DIRECT);
-        }
+        o.read(true).write(!readonly).custom_flags(libc::O_CLOEXEC);
         let file = o.open(path).map_err(|source| DiskError::Open {
             path: path.display().to_string(),
             source,

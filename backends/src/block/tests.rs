@@ -30,7 +30,7 @@ fn rig(sectors: u64, readonly: bool) -> Rig {
         std::env::temp_dir().join(format!("vmm-blk-{}-{}", std::process::id(), rand_suffix()));
     let mut f = std::fs::File::create(&path).unwrap();
     f.write_all(&vec![0xee; (sectors * 512) as usize]).unwrap();
-    let disk = DiskImage::open(&path, readonly, false, "vmm-disk-0").unwrap();
+    let disk = DiskImage::open(&path, readonly, "vmm-disk-0").unwrap();
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
     Rig { mem, path, disk }
 }
