@@ -293,7 +293,7 @@ fn without_dev_kvm_the_binary_says_so() {
 /// the slot being split and re-merged.
 fn smp_memloop(atomic: bool) -> (Result<u32, String>, String, u64, u32) {
     let (mut m, out) = probe_machine_cpus(
-        "console=ttyS0 cpus=2 probe=smp-memloop memloop=100000000",
+        "console=ttyS0 cpus=2 probe=smp-memloop memloop=300000000",
         atomic,
         2,
     );

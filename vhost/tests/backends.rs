@@ -184,25 +184,3 @@ fn our_frontend_with_our_daemon() {
     round_trip(&mut d2, &image, 56);
     let _ = std::fs::remove_dir_all(dir);
 }
-
-#[test]
-fn our_daemon_names_bad_options() {
-    for (args, says) in [
-        (&["--image", "/x"][..], "--socket PATH is required"),
-        (
-            &["--socket", "/tmp/vmm-s", "--image", "/nonexistent"][..],
-            "--image /nonexistent",
-        ),
-        (&["--num-queues", "0"][..], "--num-queues"),
-        (&["--queue-size", "100"][..], "--queue-size"),
-        (&["--frob"][..], "unknown option"),
-    ] {
-        let o = Command::new(testkit::process::binary("vhost-user-blk"))
-            .args(args)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_ne!(o.status.code(), Some(0), "{args:?}");
-        assert!(err.contains(says), "{args:?}: {err}");
-    }
-}

@@ -111,7 +111,7 @@ pub fn run(cpus: u64, memloop_iterations: Option<u64>) {
     );
     crate::check!(
         "smp-memloop: the switches overlapped the loop",
-        switches >= 100,
+        switches >= 20,
         "{switches} switches"
     );
 }
