@@ -1,6 +1,5 @@
-//! Block semantics (virtio-blk requests over a disk image) as a library,
-//! shared by the in-process virtio-blk device and the vhost-user-blk daemon:
-//! two transports, one truth.
+//! Block semantics (virtio-blk requests over a disk image) as a library, and
+//! the `vhost-user-blk` daemon built on it.
 
 pub mod block;
 pub mod vhost_user_blk;

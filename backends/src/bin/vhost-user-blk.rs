@@ -1,121 +1,133 @@
-//! vhost-user-blk: serves a raw disk image to vhost-user frontends (this
-//! project's VMM, QEMU) over a unix socket, one frontend at a time.
-//!
-//! usage: vhost-user-blk --socket PATH --image PATH [--readonly]
-//!        [--num-queues N] [--queue-size N] [--serial S]
+//! vhost-user-blk daemon: serves a raw disk image to vhost-user frontends.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
-use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_backends::block::DiskImage;
-use vmm_backends::vhost_user_blk::BlkBackend;
+use anyhow::{anyhow, bail, Context, Result};
+use log::{error, info};
+use vmm_backends::block::{BlockEngine, ImageOptions};
+use vmm_backends::vhost_user_blk::{open_engine, serve, ServerOptions};
 
-struct Opts {
-    socket: PathBuf,
-    image: PathBuf,
-    readonly: bool,
-    queues: u16,
-    queue_size: u16,
-    serial: String,
-}
+const USAGE: &str = "usage: vhost-user-blk --socket PATH --image PATH [--readonly] \
+[--num-queues N] [--queue-size N] [--direct] [--serial S]";
 
-fn parse() -> anyhow::Result<Opts> {
+fn parse_args(args: &[String]) -> Result<ServerOptions> {
     let mut socket = None;
     let mut image = None;
-    let mut o = Opts {
-        socket: PathBuf::new(),
-        image: PathBuf::new(),
-        readonly: false,
-        queues: 1,
-        queue_size: 256,
-        serial: "vmm-vhost-user-blk".into(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
-        match a.as_str() {
+    let mut image_options = ImageOptions::default();
+    let mut num_queues: u16 = 1;
+    let mut queue_size: u16 = 256;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| anyhow!("option {name} needs a value"))
+        };
+        match arg.as_str() {
             "--socket" => socket = Some(PathBuf::from(value("--socket")?)),
             "--image" => image = Some(PathBuf::from(value("--image")?)),
-            "--readonly" => o.readonly = true,
-            "--serial" => o.serial = value("--serial")?,
+            "--serial" => image_options.serial = value("--serial")?,
+            "--readonly" => image_options.read_only = true,
+            "--direct" => image_options.direct = true,
             "--num-queues" => {
                 let v = value("--num-queues")?;
-                o.queues = v
+                num_queues = v
                     .parse()
                     .ok()
                     .filter(|n| (1..=64).contains(n))
-                    .with_context(|| format!("--num-queues: {v:?} is not a number from 1 to 64"))?;
+                    .ok_or_else(|| anyhow!("option --num-queues: {v:?} is not in 1..=64"))?;
             }
             "--queue-size" => {
                 let v = value("--queue-size")?;
-                o.queue_size = v
-                    .parse()
+                queue_size = v
+                    .parse::<u16>()
                     .ok()
-                    .filter(|n: &u16| n.is_power_of_two() && (2..=32768).contains(n))
-                    .with_context(|| {
-                        format!("--queue-size: {v:?} is not a power of two up to 32768")
+                    .filter(|n| n.is_power_of_two())
+                    .ok_or_else(|| {
+                        anyhow!("option --queue-size: {v:?} is not a power of two up to 32768")
                     })?;
             }
-            _ => bail!("unknown option {a:?}"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown option {other:?}"),
         }
     }
-    o.socket = socket.context("--socket PATH is required")?;
-    o.image = image.context("--image PATH is required")?;
-    Ok(o)
+    Ok(ServerOptions {
+        socket: socket.ok_or_else(|| anyhow!("option --socket is required"))?,
+        image: image.ok_or_else(|| anyhow!("option --image is required"))?,
+        image_options,
+        num_queues,
+        queue_size,
+    })
 }
 
-fn run(o: Opts) -> anyhow::Result<()> {
-    let disk = Arc::new(
-        DiskImage::open(&o.image, o.readonly, &o.serial)
-            .with_context(|| format!("--image {}", o.image.display()))?,
-    );
-    let mut listener = Listener::new(&o.socket, true)
-        .with_context(|| format!("--socket {}", o.socket.display()))?;
-    std::fs::set_permissions(&o.socket, std::fs::Permissions::from_mode(0o600))
-        .context("making the socket 0600")?;
-    log::info!(
-        "serving {} ({} sectors) on {}",
-        o.image.display(),
-        disk.sectors(),
-        o.socket.display()
-    );
-    loop {
-        let backend = Arc::new(BlkBackend::new(disk.clone(), o.queues, o.queue_size)?);
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = VhostUserDaemon::new("vhost-user-blk".into(), backend.clone(), mem)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        if let Err(e) = daemon.start(&mut listener) {
-            log::error!("accepting a frontend: {e:?}");
-            continue;
-        }
-        match daemon.wait() {
-            Ok(()) => log::info!("frontend left"),
-            Err(e) => log::warn!("frontend connection ended: {e:?}"),
-        }
-        backend.stop_workers();
-    }
-}
-
-fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let opts = match parse() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("vhost-user-blk: {e:#}");
-            return ExitCode::from(2);
-        }
+/// Blocks SIGTERM and SIGINT in every thread (threads inherit the mask)
+/// and returns the set for `sigwait`.
+fn block_stop_signals() -> Result<libc::sigset_t> {
+    // SAFETY: an all-zero sigset_t is a valid value that sigemptyset then
+    // initialises; the set lives on our stack for the calls.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed sigset_t; the
+    // functions only write to it and to this thread's signal mask.
+    let ret = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
     };
-    match run(opts) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vhost-user-blk: {e:#}");
-            ExitCode::from(1)
-        }
+    if ret != 0 {
+        bail!("cannot block SIGTERM/SIGINT: error {ret}");
     }
+    Ok(set)
+}
+
+/// Waits for SIGTERM or SIGINT, then flushes the image, removes the socket
+/// and exits with status 0.
+fn spawn_signal_thread(
+    set: libc::sigset_t,
+    socket: PathBuf,
+    engine: Arc<BlockEngine>,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("blk0-signal".into())
+        .spawn(move || {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `set` is an initialised sigset_t and `signal` a valid
+            // out-pointer, both alive for the call.
+            let ret = unsafe { libc::sigwait(&set, &mut signal) };
+            if ret != 0 {
+                error!("sigwait failed: error {ret}");
+            }
+            info!("Signal {signal}: shutting down");
+            if let Err(e) = engine.image().flush() {
+                error!("Final flush failed: {e}");
+            }
+            let _ = std::fs::remove_file(&socket);
+            std::process::exit(0);
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run(&args) {
+        eprintln!("vhost-user-blk: {e:#}");
+        eprintln!("{USAGE}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let options = parse_args(args)?;
+    let set = block_stop_signals()?;
+    let engine = open_engine(&options)
+        .with_context(|| format!("option --image {}", options.image.display()))?;
+    spawn_signal_thread(set, options.socket.clone(), engine.clone())?;
+    serve(&options, engine)?;
+    Ok(())
 }

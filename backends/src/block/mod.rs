@@ -1,14 +1,16 @@
-//! virtio-blk requests over a raw disk image.
+//! virtio-blk semantics shared by the in-process device and the
+//! vhost-user-blk daemon: a disk image, request parsing and execution, and
+//! the device configuration space.
 
-pub mod config;
-pub mod disk;
-pub mod request;
+mod config;
+mod image;
+mod layout;
+pub(crate) mod ratelimit;
+mod request;
 
 #[cfg(test)]
 mod tests;
 
-pub use config::BlkConfig;
-pub use disk::{DiskError, DiskImage};
-pub use request::{process, Completion, Limits, RequestError};
-
-pub const SECTOR: u64 = 512;
+pub use config::{BlockConfig, BlockLimits, CONFIG_SPACE_SIZE};
+pub use image::{DiskImage, ImageError, ImageOptions, ID_BYTES, SECTOR_SIZE};
+pub use request::{BlockEngine, RequestError, Status};

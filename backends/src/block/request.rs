@@ -1,284 +1,333 @@
-//! One virtio-blk request: a header the device reads, data descriptors, and
-//! a status byte the device writes last.
-//!
-//! Everything here comes from the guest. A malformed request gets IOERR (or
-//! UNSUPP for an unknown type) in its status byte and the device goes on;
-//! only a request without a writable status byte cannot be answered, and
-//! that is returned as an error for the caller to log and complete with
-//! nothing written.
+//! Parsing and executing virtio-blk requests from a descriptor chain.
 
+use std::ops::Deref;
+
+use log::warn;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
-    VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryError};
+use virtio_queue::DescriptorChain;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
-use super::disk::DiskImage;
-use super::SECTOR;
+use super::config::BlockLimits;
+use super::image::{DiskImage, ImageError, SECTOR_SIZE};
+use super::layout::{split, Layout, Segment};
+use super::ratelimit::LogLimiter;
 
-/// Bytes of the request header (type, reserved, sector).
-const HEADER: u32 = 16;
-/// Bytes of one discard / write-zeroes segment.
-const SEGMENT: u32 = 16;
-/// WRITE_ZEROES flag: the device may deallocate.
-const UNMAP: u32 = 1;
-/// Largest transfer one request may ask for; beyond is IOERR.
-const MAX_TRANSFER: u64 = 64 << 20;
-/// Bounce buffer for copies between guest memory and the image.
+/// Size of `struct virtio_blk_outhdr`: type, reserved, sector.
+const HEADER_SIZE: u32 = 16;
+/// Size of `struct virtio_blk_discard_write_zeroes`.
+const SEGMENT_SIZE: u32 = 16;
+/// Largest bounce buffer for data; a chain may describe up to 4 GiB.
 const CHUNK: usize = 1 << 20;
 
-/// What the device advertises for discard and write-zeroes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    pub max_discard_sectors: u32,
-    pub max_discard_seg: u32,
-    pub max_write_zeroes_sectors: u32,
-    pub max_write_zeroes_seg: u32,
-}
+static LOG: LogLimiter = LogLimiter::new();
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_discard_sectors: 1 << 22,
-            max_discard_seg: 1,
-            max_write_zeroes_sectors: 1 << 22,
-            max_write_zeroes_seg: 1,
-        }
-    }
-}
-
-/// How a request ended: the status written and the bytes the device wrote
-/// into guest memory (the used ring's `len`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Completion {
-    pub status: u8,
-    pub used_len: u32,
-}
-
+/// Errors that leave no status for the driver: the caller logs them and
+/// still returns the chain to the used ring with length 0.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    #[error("request has no device-writable status byte at its end")]
-    NoStatus,
-    #[error("cannot write the status byte")]
-    Status(#[source] GuestMemoryError),
+    #[error("Descriptor chain is empty")]
+    EmptyChain,
+    #[error("Status descriptor is not device-writable")]
+    StatusNotWritable,
+    #[error("Cannot write the status byte at {0:#x}")]
+    StatusWrite(u64),
 }
 
-/// Why a request failed, for the status byte and a debug line.
-enum Fail {
-    IoErr(String),
+/// A virtio-blk status byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    Ok = VIRTIO_BLK_S_OK as u8,
+    IoErr = VIRTIO_BLK_S_IOERR as u8,
+    Unsupp = VIRTIO_BLK_S_UNSUPP as u8,
+}
+
+/// Why a request failed; turned into a status byte and a rate-limited log line.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("Invalid request: {0}")]
+    Invalid(&'static str),
+    #[error("Unsupported request type {0}")]
     Unsupported(u32),
+    #[error("Disk image error: {0}")]
+    Image(ImageError),
+    #[error("Bad guest address {:#x}", .0.0)]
+    GuestMemory(GuestAddress),
 }
 
-fn ioerr<T>(why: impl Into<String>) -> Result<T, Fail> {
-    Err(Fail::IoErr(why.into()))
-}
-
-/// Runs the request made of `descs` against `disk`.
-pub fn process<M: Bytes<GuestAddress, E = GuestMemoryError>>(
-    disk: &DiskImage,
-    limits: &Limits,
-    mem: &M,
-    descs: &[Descriptor],
-) -> Result<Completion, RequestError> {
-    let status = match descs.last() {
-        Some(d) if d.is_write_only() && d.len() >= 1 && descs.len() >= 2 => *d,
-        _ => return Err(RequestError::NoStatus),
-    };
-    let data = &descs[1..descs.len() - 1];
-    let (code, written) = match run(disk, limits, mem, &descs[0], data) {
-        Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
-        Err(Fail::IoErr(why)) => {
-            log::debug!("virtio-blk request failed: {why}");
-            (VIRTIO_BLK_S_IOERR as u8, 0)
+impl Failure {
+    fn status(&self) -> Status {
+        match self {
+            Failure::Unsupported(_) => Status::Unsupp,
+            _ => Status::IoErr,
         }
-        Err(Fail::Unsupported(t)) => {
-            log::debug!("virtio-blk request type {t} is not supported");
-            (VIRTIO_BLK_S_UNSUPP as u8, 0)
-        }
-    };
-    mem.write_obj(code, status.addr())
-        .map_err(RequestError::Status)?;
-    Ok(Completion {
-        status: code,
-        used_len: written.saturating_add(1),
-    })
-}
-
-fn run<M: Bytes<GuestAddress, E = GuestMemoryError>>(
-    disk: &DiskImage,
-    limits: &Limits,
-    mem: &M,
-    header: &Descriptor,
-    data: &[Descriptor],
-) -> Result<u32, Fail> {
-    if header.is_write_only() || header.len() < HEADER {
-        return ioerr("the header is device-writable or short");
     }
-    let kind: u32 = mem
-        .read_obj(header.addr())
-        .or_else(|_| ioerr("cannot read the header"))?;
-    let sector: u64 = mem
-        .read_obj(offset(header.addr(), 8)?)
-        .or_else(|_| ioerr("cannot read the header"))?;
-    match kind {
-        VIRTIO_BLK_T_IN => transfer(disk, mem, sector, data, true),
-        VIRTIO_BLK_T_OUT => {
-            if disk.readonly() {
-                return ioerr("write to a read-only image");
+}
+
+/// Executes requests from descriptor chains against one image.
+/// Shareable across queue threads (`&self` only).
+#[derive(Debug)]
+pub struct BlockEngine {
+    image: DiskImage,
+    limits: BlockLimits,
+}
+
+impl BlockEngine {
+    pub fn new(image: DiskImage, limits: BlockLimits) -> Self {
+        BlockEngine { image, limits }
+    }
+
+    pub fn image(&self) -> &DiskImage {
+        &self.image
+    }
+
+    pub fn limits(&self) -> &BlockLimits {
+        &self.limits
+    }
+
+    /// Executes the request in `chain`, writes its status byte and returns
+    /// the number of bytes written into guest memory (the used ring `len`).
+    /// Errs only when no status byte could be written.
+    pub fn process<M>(&self, mut chain: DescriptorChain<M>) -> Result<u32, RequestError>
+    where
+        M: Deref,
+        M::Target: GuestMemory,
+    {
+        let descs: Vec<Descriptor> = chain.by_ref().collect();
+        let mem = chain.memory();
+        if descs.is_empty() {
+            return Err(RequestError::EmptyChain);
+        }
+        let (layout, status_addr) = split(&descs).ok_or(RequestError::StatusNotWritable)?;
+        let (status, written) = match self.execute(mem, layout) {
+            Ok(written) => (Status::Ok, written),
+            Err(failure) => {
+                if LOG.allow() {
+                    warn!("virtio-blk request failed: {failure}");
+                }
+                (failure.status(), 0)
             }
-            transfer(disk, mem, sector, data, false).map(|_| 0)
-        }
-        VIRTIO_BLK_T_FLUSH => disk
-            .flush()
-            .map(|()| 0)
-            .or_else(|e| ioerr(format!("flush: {e}"))),
-        VIRTIO_BLK_T_GET_ID => {
-            let [d] = data else {
-                return ioerr("GET_ID wants one buffer");
-            };
-            if !d.is_write_only() {
-                return ioerr("GET_ID buffer is device-readable");
-            }
-            let n = (d.len() as usize).min(20);
-            mem.write_slice(&disk.serial()[..n], d.addr())
-                .or_else(|_| ioerr("cannot write the ID"))?;
-            Ok(n as u32)
-        }
-        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
-            if disk.readonly() {
-                return ioerr("discard or write-zeroes on a read-only image");
-            }
-            segments(disk, limits, mem, kind, data).map(|()| 0)
-        }
-        t => Err(Fail::Unsupported(t)),
+        };
+        mem.write_obj(status as u8, status_addr)
+            .map_err(|_| RequestError::StatusWrite(status_addr.0))?;
+        Ok(written + 1)
     }
-}
 
-/// `addr + off`, refusing guest addresses that wrap.
-fn offset(addr: GuestAddress, off: u64) -> Result<GuestAddress, Fail> {
-    addr.checked_add(off)
-        .ok_or_else(|| Fail::IoErr(format!("buffer at {:#x} wraps", addr.0)))
-}
-
-/// The sectors `[sector, sector + len / 512)` must be on the disk.
-fn check_range(disk: &DiskImage, sector: u64, len: u64) -> Result<(), Fail> {
-    if len % SECTOR != 0 {
-        return ioerr(format!("{len} bytes is not whole sectors"));
-    }
-    let end = sector.checked_add(len / SECTOR);
-    match end {
-        Some(e) if e <= disk.sectors() => Ok(()),
-        _ => ioerr(format!(
-            "sectors {sector}+{} past the end ({})",
-            len / SECTOR,
-            disk.sectors()
-        )),
-    }
-}
-
-/// Reads (IN) or writes (OUT) the data descriptors at `sector`; returns the
-/// bytes written into guest memory.
-fn transfer<M: Bytes<GuestAddress, E = GuestMemoryError>>(
-    disk: &DiskImage,
-    mem: &M,
-    sector: u64,
-    data: &[Descriptor],
-    read: bool,
-) -> Result<u32, Fail> {
-    let mut total = 0u64;
-    for d in data {
-        if d.is_write_only() != read {
-            return ioerr("a data buffer has the wrong direction");
-        }
-        total += u64::from(d.len());
-    }
-    if total > MAX_TRANSFER {
-        return ioerr(format!("{total} bytes in one request"));
-    }
-    check_range(disk, sector, total)?;
-    let mut pos = sector * SECTOR;
-    let mut buf = vec![0u8; CHUNK.min(total as usize)];
-    for d in data {
-        let mut done = 0u64;
-        while done < u64::from(d.len()) {
-            let n = (u64::from(d.len()) - done).min(CHUNK as u64) as usize;
-            let at = offset(d.addr(), done)?;
-            if read {
-                disk.read_at(&mut buf[..n], pos)
-                    .or_else(|e| ioerr(format!("read: {e}")))?;
-                mem.write_slice(&buf[..n], at)
-                    .or_else(|_| ioerr("buffer outside guest memory"))?;
-            } else {
-                mem.read_slice(&mut buf[..n], at)
-                    .or_else(|_| ioerr("buffer outside guest memory"))?;
-                disk.write_at(&buf[..n], pos)
-                    .or_else(|e| ioerr(format!("write: {e}")))?;
-            }
-            done += n as u64;
-            pos += n as u64;
-        }
-    }
-    Ok(if read { total as u32 } else { 0 })
-}
-
-/// DISCARD and WRITE_ZEROES: segments of (sector, sectors, flags).
-fn segments<M: Bytes<GuestAddress, E = GuestMemoryError>>(
-    disk: &DiskImage,
-    limits: &Limits,
-    mem: &M,
-    kind: u32,
-    data: &[Descriptor],
-) -> Result<(), Fail> {
-    let discard = kind == VIRTIO_BLK_T_DISCARD;
-    let (max_seg, max_sectors) = if discard {
-        (limits.max_discard_seg, limits.max_discard_sectors)
-    } else {
-        (limits.max_write_zeroes_seg, limits.max_write_zeroes_sectors)
-    };
-    let mut segs = Vec::new();
-    for d in data {
-        if d.is_write_only() || d.len() % SEGMENT != 0 {
-            return ioerr("bad segment buffer");
-        }
-        for i in 0..d.len() / SEGMENT {
-            let at = offset(d.addr(), u64::from(i * SEGMENT))?;
-            let sector: u64 = mem.read_obj(at).or_else(|_| ioerr("segment unreadable"))?;
-            let count: u32 = mem
-                .read_obj(offset(at, 8)?)
-                .or_else(|_| ioerr("segment unreadable"))?;
-            let flags: u32 = mem
-                .read_obj(offset(at, 12)?)
-                .or_else(|_| ioerr("segment unreadable"))?;
-            segs.push((sector, count, flags));
-        }
-    }
-    if segs.is_empty() || segs.len() as u64 > u64::from(max_seg) {
-        return ioerr(format!("{} segments (at most {max_seg})", segs.len()));
-    }
-    for &(sector, count, flags) in &segs {
-        let allowed = if discard { 0 } else { UNMAP };
-        if flags & !allowed != 0 {
-            return Err(Fail::Unsupported(kind));
-        }
-        if count > max_sectors {
-            return ioerr(format!(
-                "{count} sectors in a segment (at most {max_sectors})"
+    fn execute<G: GuestMemory + ?Sized>(
+        &self,
+        mem: &G,
+        mut layout: Layout,
+    ) -> Result<u32, Failure> {
+        if layout.misordered {
+            return Err(Failure::Invalid(
+                "device-readable buffer after a writable one",
             ));
         }
-        check_range(disk, sector, u64::from(count) * SECTOR)?;
-    }
-    for &(sector, count, flags) in &segs {
-        let (off, len) = (sector * SECTOR, u64::from(count) * SECTOR);
-        let r = if discard || flags & UNMAP != 0 {
-            // Both read back as zeros after a punched hole; if the file
-            // system cannot punch, zero the range instead.
-            disk.punch(off, len).or_else(|_| disk.zero(off, len))
-        } else {
-            disk.zero(off, len)
+        let raw = layout
+            .take_header::<{ HEADER_SIZE as usize }, G>(mem)
+            .ok_or(Failure::Invalid("short or unreadable header"))?;
+        let kind = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        let mut sector_bytes = [0u8; 8];
+        sector_bytes.copy_from_slice(&raw[8..16]);
+        let sector = u64::from_le_bytes(sector_bytes);
+        let (data, other_way) = match kind {
+            VIRTIO_BLK_T_IN | VIRTIO_BLK_T_GET_ID => (&layout.writable, &layout.readable),
+            _ => (&layout.readable, &layout.writable),
         };
-        r.or_else(|e| ioerr(format!("zeroing: {e}")))?;
+        if data.len() > self.limits.seg_max as usize {
+            return Err(Failure::Invalid("too many data descriptors"));
+        }
+        if kind != VIRTIO_BLK_T_FLUSH && !other_way.is_empty() {
+            return Err(Failure::Invalid("data buffer has the wrong direction"));
+        }
+        match kind {
+            VIRTIO_BLK_T_IN => self.read(mem, sector, data),
+            VIRTIO_BLK_T_OUT => self.write(mem, sector, data).map(|()| 0),
+            VIRTIO_BLK_T_FLUSH => self.image.flush().map(|()| 0).map_err(Failure::Image),
+            VIRTIO_BLK_T_GET_ID => self.get_id(mem, data),
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                self.discard_or_zero(mem, kind, data).map(|()| 0)
+            }
+            other => Err(Failure::Unsupported(other)),
+        }
+    }
+
+    /// Checks 512-byte granularity and the sector range;
+    /// returns the byte offset and total length.
+    fn data_range(&self, sector: u64, data: &[Segment]) -> Result<(u64, u64), Failure> {
+        let len: u64 = data.iter().map(|d| u64::from(d.len)).sum();
+        if len % SECTOR_SIZE != 0 {
+            return Err(Failure::Invalid("data length is not a multiple of 512"));
+        }
+        let end = sector.checked_add(len / SECTOR_SIZE);
+        if !end.is_some_and(|end| end <= self.image.sectors()) {
+            return Err(Failure::Invalid("sector range past the end of the image"));
+        }
+        Ok((sector * SECTOR_SIZE, len))
+    }
+
+    fn read<G: GuestMemory + ?Sized>(
+        &self,
+        mem: &G,
+        sector: u64,
+        data: &[Segment],
+    ) -> Result<u32, Failure> {
+        let (mut offset, len) = self.data_range(sector, data)?;
+        check_guest(mem, data, Permissions::Write)?;
+        let mut buf = vec![0u8; CHUNK.min(len as usize)];
+        for d in data {
+            let mut done = 0usize;
+            while done < d.len as usize {
+                let n = (d.len as usize - done).min(CHUNK);
+                let addr = guest_offset(d.addr, done)?;
+                self.image
+                    .read_at(&mut buf[..n], offset)
+                    .map_err(Failure::Image)?;
+                mem.write_slice(&buf[..n], addr)
+                    .map_err(|_| Failure::GuestMemory(addr))?;
+                offset += n as u64;
+                done += n;
+            }
+        }
+        u32::try_from(len).map_err(|_| Failure::Invalid("data longer than 4 GiB"))
+    }
+
+    fn write<G: GuestMemory + ?Sized>(
+        &self,
+        mem: &G,
+        sector: u64,
+        data: &[Segment],
+    ) -> Result<(), Failure> {
+        if self.image.read_only() {
+            return Err(Failure::Image(ImageError::ReadOnly));
+        }
+        let (offset, len) = self.data_range(sector, data)?;
+        // Check every buffer first so a bad guest address leaves the image untouched.
+        check_guest(mem, data, Permissions::Read)?;
+        let mut offset = offset;
+        let mut buf = vec![0u8; CHUNK.min(len as usize)];
+        for d in data {
+            let mut done = 0usize;
+            while done < d.len as usize {
+                let n = (d.len as usize - done).min(CHUNK);
+                let addr = guest_offset(d.addr, done)?;
+                mem.read_slice(&mut buf[..n], addr)
+                    .map_err(|_| Failure::GuestMemory(addr))?;
+                self.image
+                    .write_at(&buf[..n], offset)
+                    .map_err(Failure::Image)?;
+                offset += n as u64;
+                done += n;
+            }
+        }
+        Ok(())
+    }
+
+    fn get_id<G: GuestMemory + ?Sized>(&self, mem: &G, data: &[Segment]) -> Result<u32, Failure> {
+        let id = self.image.id();
+        let mut at = 0usize;
+        for d in data {
+            let n = (d.len as usize).min(id.len() - at);
+            mem.write_slice(&id[at..at + n], d.addr)
+                .map_err(|_| Failure::GuestMemory(d.addr))?;
+            at += n;
+            if at == id.len() {
+                break;
+            }
+        }
+        Ok(at as u32)
+    }
+
+    fn discard_or_zero<G: GuestMemory + ?Sized>(
+        &self,
+        mem: &G,
+        kind: u32,
+        data: &[Segment],
+    ) -> Result<(), Failure> {
+        if self.image.read_only() {
+            return Err(Failure::Image(ImageError::ReadOnly));
+        }
+        let discard = kind == VIRTIO_BLK_T_DISCARD;
+        let (max_sectors, max_seg) = if discard {
+            (self.limits.max_discard_sectors, self.limits.max_discard_seg)
+        } else {
+            let l = &self.limits;
+            (l.max_write_zeroes_sectors, l.max_write_zeroes_seg)
+        };
+        let len: u64 = data.iter().map(|d| u64::from(d.len)).sum();
+        if len == 0 || len % u64::from(SEGMENT_SIZE) != 0 {
+            return Err(Failure::Invalid(
+                "segment list length is not a multiple of 16",
+            ));
+        }
+        if len / u64::from(SEGMENT_SIZE) > u64::from(max_seg) {
+            return Err(Failure::Invalid("too many segments"));
+        }
+        let mut raw = vec![0u8; len as usize];
+        let mut at = 0usize;
+        for d in data {
+            let n = d.len as usize;
+            mem.read_slice(&mut raw[at..at + n], d.addr)
+                .map_err(|_| Failure::GuestMemory(d.addr))?;
+            at += n;
+        }
+        // Validate every segment before touching the image.
+        let mut segments = Vec::with_capacity(raw.len() / SEGMENT_SIZE as usize);
+        for seg in raw.chunks_exact(SEGMENT_SIZE as usize) {
+            let mut b8 = [0u8; 8];
+            b8.copy_from_slice(&seg[0..8]);
+            let sector = u64::from_le_bytes(b8);
+            let sectors = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+            let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+            if (discard && flags != 0) || flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 {
+                return Err(Failure::Unsupported(kind));
+            }
+            if sectors > max_sectors {
+                return Err(Failure::Invalid("segment exceeds the sector limit"));
+            }
+            let end = sector.checked_add(u64::from(sectors));
+            if !end.is_some_and(|end| end <= self.image.sectors()) {
+                return Err(Failure::Invalid("segment past the end of the image"));
+            }
+            let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+            segments.push((
+                sector * SECTOR_SIZE,
+                u64::from(sectors) * SECTOR_SIZE,
+                unmap,
+            ));
+        }
+        for (offset, len, unmap) in segments {
+            let result = if discard {
+                self.image.discard(offset, len)
+            } else {
+                self.image.write_zeroes(offset, len, unmap)
+            };
+            result.map_err(Failure::Image)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks that every data buffer lies in guest memory with `access`.
+fn check_guest<G: GuestMemory + ?Sized>(
+    mem: &G,
+    data: &[Segment],
+    access: Permissions,
+) -> Result<(), Failure> {
+    for d in data {
+        if !mem.check_range(d.addr, d.len as usize, access) {
+            return Err(Failure::GuestMemory(d.addr));
+        }
     }
     Ok(())
+}
+
+fn guest_offset(addr: GuestAddress, offset: usize) -> Result<GuestAddress, Failure> {
+    addr.checked_add(offset as u64)
+        .ok_or(Failure::GuestMemory(addr))
 }

@@ -1,0 +1,252 @@
+//! `VhostUserBackend` for virtio-blk: features, config space, and one
+//! worker thread per queue running requests through `BlockEngine`.
+
+use std::cell::Cell;
+use std::ffi::CString;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use log::{error, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::QueueOwnedT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::block::ratelimit::LogLimiter;
+use crate::block::{BlockConfig, BlockEngine};
+
+static LOG: LogLimiter = LogLimiter::new();
+
+type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// Errors of the vhost-user-blk backend, reported to the library as io errors.
+#[derive(Debug, thiserror::Error)]
+pub enum BlkBackendError {
+    #[error("Unexpected event set {0:?}")]
+    UnexpectedEvent(u32),
+    #[error("Event for unknown queue {0}")]
+    UnknownQueue(u16),
+    #[error("Guest memory table was never set")]
+    NoMemory,
+    #[error("Virtqueue error: {0}")]
+    Queue(virtio_queue::Error),
+    #[error("Cannot signal the used queue")]
+    Signal(#[source] io::Error),
+}
+
+impl From<BlkBackendError> for io::Error {
+    fn from(e: BlkBackendError) -> Self {
+        io::Error::other(e)
+    }
+}
+
+/// The per-connection device state; the engine is shared across connections.
+pub struct BlkBackend {
+    engine: Arc<BlockEngine>,
+    config: BlockConfig,
+    num_queues: usize,
+    queue_size: usize,
+    event_idx: AtomicBool,
+    memory: Mutex<Option<Memory>>,
+    exits: Mutex<Vec<EventNotifier>>,
+    index: usize,
+}
+
+thread_local! {
+    static NAMED: Cell<bool> = const { Cell::new(false) };
+}
+
+impl BlkBackend {
+    /// `index` numbers the device in thread names (`blk{index}-q{queue}`).
+    pub fn new(engine: Arc<BlockEngine>, num_queues: u16, queue_size: u16, index: usize) -> Self {
+        let config = BlockConfig::new(engine.image(), engine.limits(), num_queues);
+        BlkBackend {
+            engine,
+            config,
+            num_queues: usize::from(num_queues),
+            queue_size: usize::from(queue_size),
+            event_idx: AtomicBool::new(false),
+            memory: Mutex::new(None),
+            exits: Mutex::new(Vec::new()),
+            index,
+        }
+    }
+
+    /// Tells every worker thread to exit.
+    pub fn stop_workers(&self) {
+        let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+        for notifier in exits.iter() {
+            if let Err(e) = notifier.notify() {
+                error!("Cannot stop a queue worker: {e}");
+            }
+        }
+    }
+
+    /// The library names its workers `vring_worker`; rename on first use.
+    fn name_thread(&self, thread_id: usize) {
+        if NAMED.with(|n| n.replace(true)) {
+            return;
+        }
+        let Ok(name) = CString::new(format!("blk{}-q{}", self.index, thread_id)) else {
+            return;
+        };
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
+        // bytes from a pointer that stays valid for the call.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
+
+    fn process_queue(&self, vring: &VringRwLock) -> Result<(), BlkBackendError> {
+        let memory = self
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(BlkBackendError::NoMemory)?;
+        let mem = memory.memory();
+        let chains: Vec<_> = vring
+            .get_mut()
+            .get_queue_mut()
+            .iter(mem.clone())
+            .map_err(BlkBackendError::Queue)?
+            .collect();
+        if chains.is_empty() {
+            return Ok(());
+        }
+        for chain in chains {
+            let head = chain.head_index();
+            let len = self.engine.process(chain).unwrap_or_else(|e| {
+                if LOG.allow() {
+                    warn!("Completing a virtio-blk request without status: {e}");
+                }
+                0
+            });
+            vring.add_used(head, len).map_err(BlkBackendError::Queue)?;
+        }
+        if vring.needs_notification().map_err(BlkBackendError::Queue)? {
+            vring.signal_used_queue().map_err(BlkBackendError::Signal)?;
+        }
+        Ok(())
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        self.num_queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        self.queue_size
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = 1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_MQ
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.engine.image().read_only() {
+            f |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            f |= 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        f
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Release);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let mut data = vec![0u8; size.min(4096) as usize];
+        self.config.read(offset as usize, &mut data);
+        data
+    }
+
+    fn update_memory(&self, mem: Memory) -> io::Result<()> {
+        *self.memory.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.num_queues).map(|q| 1u64 << q).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
+        let keep = notifier.try_clone().ok()?;
+        self.exits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(keep);
+        Some((consumer, notifier))
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        self.name_thread(thread_id);
+        if evset != EventSet::IN {
+            return Err(BlkBackendError::UnexpectedEvent(evset.bits()).into());
+        }
+        let vring = vrings
+            .get(usize::from(device_event))
+            .ok_or(BlkBackendError::UnknownQueue(device_event))?;
+        // A broken ring is the guest's doing: log it and keep the worker
+        // alive, since an error here would end the worker thread.
+        if let Err(e) = self.serve_queue(vring) {
+            if LOG.allow() {
+                error!("Queue {device_event} of blk{}: {e}", self.index);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BlkBackend {
+    fn serve_queue(&self, vring: &VringRwLock) -> Result<(), BlkBackendError> {
+        if self.event_idx.load(Ordering::Acquire) {
+            loop {
+                vring
+                    .disable_notification()
+                    .map_err(BlkBackendError::Queue)?;
+                self.process_queue(vring)?;
+                if !vring
+                    .enable_notification()
+                    .map_err(BlkBackendError::Queue)?
+                {
+                    break;
+                }
+            }
+        } else {
+            self.process_queue(vring)?;
+        }
+        Ok(())
+    }
+}
