@@ -12,7 +12,7 @@
 # usage: tests/guest-kit/build.sh      env: VMM_GUEST_KIT_CACHE (default ~/.cache/vmm-guest-kit)
 set -euo pipefail
 
-cache=${VMM_GUEST_KIT_CACHE:-$HOME/.cache/vmm-guest-kit}
+cache=${VMM_GUEST_KIT_CACHE:-${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}/.cache/vmm-guest-kit}
 here=$(cd "$(dirname "$0")" && pwd)
 export DEBIAN_FRONTEND=noninteractive
 
