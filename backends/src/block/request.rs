@@ -177,23 +177,13 @@ impl BlockEngine {
         sector: u64,
         data: &[Segment],
     ) -> Result<u32, Failure> {
-        let (mut offset, len) = self.data_range(sector, data)?;
+        let (offset, len) = self.data_range(sector, data)?;
         check_guest(mem, data, Permissions::Write)?;
-        let mut buf = vec![0u8; CHUNK.min(len as usize)];
-        for d in data {
-            let mut done = 0usize;
-            while done < d.len as usize {
-                let n = (d.len as usize - done).min(CHUNK);
-                let addr = guest_offset(d.addr, done)?;
-                self.image
-                    .read_at(&mut buf[..n], offset)
-                    .map_err(Failure::Image)?;
-                mem.write_slice(&buf[..n], addr)
-                    .map_err(|_| Failure::GuestMemory(addr))?;
-                offset += n as u64;
-                done += n;
-            }
-        }
+        by_chunks(data, offset, len, |buf, addr, offset| {
+            self.image.read_at(buf, offset).map_err(Failure::Image)?;
+            mem.write_slice(buf, addr)
+                .map_err(|_| Failure::GuestMemory(addr))
+        })?;
         u32::try_from(len).map_err(|_| Failure::Invalid("data longer than 4 GiB"))
     }
 
@@ -209,23 +199,11 @@ impl BlockEngine {
         let (offset, len) = self.data_range(sector, data)?;
         // Check every buffer first so a bad guest address leaves the image untouched.
         check_guest(mem, data, Permissions::Read)?;
-        let mut offset = offset;
-        let mut buf = vec![0u8; CHUNK.min(len as usize)];
-        for d in data {
-            let mut done = 0usize;
-            while done < d.len as usize {
-                let n = (d.len as usize - done).min(CHUNK);
-                let addr = guest_offset(d.addr, done)?;
-                mem.read_slice(&mut buf[..n], addr)
-                    .map_err(|_| Failure::GuestMemory(addr))?;
-                self.image
-                    .write_at(&buf[..n], offset)
-                    .map_err(Failure::Image)?;
-                offset += n as u64;
-                done += n;
-            }
-        }
-        Ok(())
+        by_chunks(data, offset, len, |buf, addr, offset| {
+            mem.read_slice(buf, addr)
+                .map_err(|_| Failure::GuestMemory(addr))?;
+            self.image.write_at(buf, offset).map_err(Failure::Image)
+        })
     }
 
     fn get_id<G: GuestMemory + ?Sized>(&self, mem: &G, data: &[Segment]) -> Result<u32, Failure> {
@@ -322,6 +300,28 @@ fn check_guest<G: GuestMemory + ?Sized>(
     for d in data {
         if !mem.check_range(d.addr, d.len as usize, access) {
             return Err(Failure::GuestMemory(d.addr));
+        }
+    }
+    Ok(())
+}
+
+/// Walks `data` in pieces of at most `CHUNK` bytes through one bounce
+/// buffer, calling `copy` with the piece, its guest address and the image
+/// offset it pairs with; the image offset starts at `offset`.
+fn by_chunks(
+    data: &[Segment],
+    mut offset: u64,
+    len: u64,
+    mut copy: impl FnMut(&mut [u8], GuestAddress, u64) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    for d in data {
+        let mut done = 0usize;
+        while done < d.len as usize {
+            let n = (d.len as usize - done).min(CHUNK);
+            copy(&mut buf[..n], guest_offset(d.addr, done)?, offset)?;
+            offset += n as u64;
+            done += n;
         }
     }
     Ok(())
