@@ -1,6 +1,7 @@
 //! Address spaces: a root region, its current flat view and its listeners,
 //! and the access path vCPU exits take.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -88,59 +89,67 @@ impl AddressSpace {
 
     /// Reads `data.len()` bytes at `addr` as a vCPU would.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> Access {
-        let view = self.view.load();
-        let mut result = Access::Done;
-        let mut done = 0;
-        while done < data.len() {
-            let a = addr.wrapping_add(done as u64);
-            let Some((r, off)) = view.lookup(a) else {
-                data[done] = 0xff;
-                done += 1;
-                result = result.worst(Access::Unassigned);
-                continue;
+        self.walk(addr, data.len(), |hit, at| {
+            let buf = &mut data[at];
+            let Some((r, off)) = hit else {
+                buf.fill(0xff);
+                return Access::Unassigned;
             };
-            let n = chunk(r, a, data.len() - done);
-            let buf = &mut data[done..done + n];
             match r.region.kind() {
                 RegionKind::Io(ops) => ops.read(off, buf),
                 _ => match r.region.ram_block() {
                     Some(b) => {
                         b.read(off, buf);
-                        result = result.worst(Access::Ram);
+                        return Access::Ram;
                     }
                     None => buf.fill(0xff),
                 },
             }
-            done += n;
-        }
-        result
+            Access::Done
+        })
     }
 
     /// Writes `data` at `addr` as a vCPU would; writes to read-only ranges
     /// are dropped.
     pub fn write(&self, addr: u64, data: &[u8]) -> Access {
-        let view = self.view.load();
-        let mut result = Access::Done;
-        let mut done = 0;
-        while done < data.len() {
-            let a = addr.wrapping_add(done as u64);
-            let Some((r, off)) = view.lookup(a) else {
-                done += 1;
-                result = result.worst(Access::Unassigned);
-                continue;
+        self.walk(addr, data.len(), |hit, at| {
+            let Some((r, off)) = hit else {
+                return Access::Unassigned;
             };
-            let n = chunk(r, a, data.len() - done);
-            let buf = &data[done..done + n];
+            let buf = &data[at];
             match r.region.kind() {
                 RegionKind::Io(ops) => ops.write(off, buf),
                 _ if r.readonly => {}
                 _ => {
                     if let Some(b) = r.region.ram_block() {
                         b.write(off, buf);
-                        result = result.worst(Access::Ram);
+                        return Access::Ram;
                     }
                 }
             }
+            Access::Done
+        })
+    }
+
+    /// Splits `len` bytes at `addr` into the pieces the current view maps
+    /// to one range each (or, unmapped, one byte each) and hands each piece
+    /// to `piece`, with its range and offset and its place in the access;
+    /// returns the worst of what the pieces report.
+    #[inline]
+    fn walk(
+        &self,
+        addr: u64,
+        len: usize,
+        mut piece: impl FnMut(Option<(&FlatRange, u64)>, Range<usize>) -> Access,
+    ) -> Access {
+        let view = self.view.load();
+        let mut result = Access::Done;
+        let mut done = 0;
+        while done < len {
+            let a = addr.wrapping_add(done as u64);
+            let hit = view.lookup(a);
+            let n = hit.map_or(1, |(r, _)| chunk(r, a, len - done));
+            result = result.worst(piece(hit, done..done + n));
             done += n;
         }
         result
