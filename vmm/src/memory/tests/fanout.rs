@@ -44,8 +44,25 @@ impl Rig {
         }
     }
 
+    /// Maps `region` at `addr` in the root in a transaction of its own and
+    /// forgets the calls it made.
+    fn map(&self, addr: u64, region: &MemoryRegion) {
+        let tx = self.mem.begin();
+        tx.add_subregion(&self.root, addr, region).unwrap();
+        tx.commit().unwrap();
+        self.take();
+    }
+
     fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.log.lock().unwrap())
+    }
+
+    /// Takes the calls so far and keeps those that mention `what`.
+    fn take_with(&self, what: &str) -> Vec<String> {
+        self.take()
+            .into_iter()
+            .filter(|c| c.contains(what))
+            .collect()
     }
 
     fn refuse(&self, who: &str, hook: &'static str, region: Option<&str>) {
@@ -125,10 +142,7 @@ fn an_unchanged_range_gets_nop_and_a_split_gets_del_then_adds() {
     let ram = MemoryRegion::ram("ram", 0x4000).unwrap();
     let other = MemoryRegion::ram("other", 0x1000).unwrap();
     let hole = io("hole", 0x1000);
-    let tx = rig.mem.begin();
-    tx.add_subregion(&rig.root, 0, &ram).unwrap();
-    tx.commit().unwrap();
-    rig.take();
+    rig.map(0, &ram);
 
     let tx = rig.mem.begin();
     tx.add_subregion(&rig.root, 0x10000, &other).unwrap();
@@ -183,10 +197,7 @@ fn an_unchanged_range_gets_nop_and_a_split_gets_del_then_adds() {
 fn a_resize_is_a_del_then_an_add() {
     let rig = Rig::new();
     let ram = MemoryRegion::ram("ram", 0x4000).unwrap();
-    let tx = rig.mem.begin();
-    tx.add_subregion(&rig.root, 0, &ram).unwrap();
-    tx.commit().unwrap();
-    rig.take();
+    rig.map(0, &ram);
     let tx = rig.mem.begin();
     tx.set_size(&ram, 0x2000);
     tx.commit().unwrap();
@@ -341,10 +352,7 @@ fn a_refused_commit_takes_committed_listeners_back_in_a_new_round() {
     let rig = Rig::new();
     let ram = MemoryRegion::ram("ram", 0x1000).unwrap();
     let dimm = MemoryRegion::ram("dimm", 0x1000).unwrap();
-    let tx = rig.mem.begin();
-    tx.add_subregion(&rig.root, 0, &ram).unwrap();
-    tx.commit().unwrap();
-    rig.take();
+    rig.map(0, &ram);
 
     rig.refuse("kvm", "commit", None);
     let tx = rig.mem.begin();
@@ -414,11 +422,7 @@ fn eventfds_follow_their_region_and_are_rolled_back() {
         Err(MemoryError::DuplicateIoeventfd { .. })
     ));
     tx.commit().unwrap();
-    let ev: Vec<String> = rig
-        .take()
-        .into_iter()
-        .filter(|c| c.contains("eventfd"))
-        .collect();
+    let ev: Vec<String> = rig.take_with("eventfd");
     assert_eq!(
         ev,
         s(&[
@@ -431,11 +435,7 @@ fn eventfds_follow_their_region_and_are_rolled_back() {
     let tx = rig.mem.begin();
     tx.set_address(&dev, 0x2000);
     tx.commit().unwrap();
-    let ev: Vec<String> = rig
-        .take()
-        .into_iter()
-        .filter(|c| c.contains("eventfd"))
-        .collect();
+    let ev: Vec<String> = rig.take_with("eventfd");
     assert_eq!(
         ev,
         s(&[
@@ -477,18 +477,11 @@ fn eventfds_follow_their_region_and_are_rolled_back() {
 fn dirty_mask_changes_start_and_stop_logging() {
     let rig = Rig::new();
     let ram = MemoryRegion::ram("ram", 0x1000).unwrap();
-    let tx = rig.mem.begin();
-    tx.add_subregion(&rig.root, 0, &ram).unwrap();
-    tx.commit().unwrap();
-    rig.take();
+    rig.map(0, &ram);
     let tx = rig.mem.begin();
     tx.set_dirty_log(&ram, dirty::MIGRATION, true);
     tx.commit().unwrap();
-    let logs: Vec<String> = rig
-        .take()
-        .into_iter()
-        .filter(|c| c.contains("log_"))
-        .collect();
+    let logs: Vec<String> = rig.take_with("log_");
     assert_eq!(
         logs,
         s(&[
@@ -509,11 +502,7 @@ fn dirty_mask_changes_start_and_stop_logging() {
     let tx = rig.mem.begin();
     tx.set_dirty_log(&ram, dirty::MIGRATION, false);
     tx.commit().unwrap();
-    let logs: Vec<String> = rig
-        .take()
-        .into_iter()
-        .filter(|c| c.contains("log_"))
-        .collect();
+    let logs: Vec<String> = rig.take_with("log_");
     assert_eq!(logs.len(), 3);
     assert!(logs[0].starts_with("vfio log_stop"), "{logs:?}");
 }
@@ -522,10 +511,7 @@ fn dirty_mask_changes_start_and_stop_logging() {
 fn global_logging_stops_the_started_listeners_when_one_refuses() {
     let rig = Rig::new();
     let ram = MemoryRegion::ram("ram", 0x1000).unwrap();
-    let tx = rig.mem.begin();
-    tx.add_subregion(&rig.root, 0, &ram).unwrap();
-    tx.commit().unwrap();
-    rig.take();
+    rig.map(0, &ram);
     rig.refuse("kvm", "log_global_start", None);
     assert!(rig.mem.log_global_start().is_err());
     assert!(!rig.mem.global_log());
@@ -565,21 +551,13 @@ fn coalesced_ranges_are_announced_with_their_region() {
     tx.add_coalescing(&dev, 0x100, 0x10);
     tx.add_subregion(&rig.root, 0x4000, &dev).unwrap();
     tx.commit().unwrap();
-    let co: Vec<String> = rig
-        .take()
-        .into_iter()
-        .filter(|c| c.contains("coalesced"))
-        .collect();
+    let co: Vec<String> = rig.take_with("coalesced");
     assert_eq!(co.len(), 3);
     assert_eq!(co[0], "vfio coalesced_add 0x4100+0x10");
     let tx = rig.mem.begin();
     tx.clear_coalescing(&dev);
     tx.commit().unwrap();
-    let co: Vec<String> = rig
-        .take()
-        .into_iter()
-        .filter(|c| c.contains("coalesced"))
-        .collect();
+    let co: Vec<String> = rig.take_with("coalesced");
     assert_eq!(co[0], "kvm coalesced_del 0x4100+0x10");
     assert_eq!(co.len(), 3);
 }
@@ -604,11 +582,7 @@ fn only_the_outermost_commit_notifies_and_an_abandoned_level_is_undone() {
     }
     assert!(a.is_enabled());
     outer.commit().unwrap();
-    let adds: Vec<String> = rig
-        .take()
-        .into_iter()
-        .filter(|c| c.contains(" add "))
-        .collect();
+    let adds: Vec<String> = rig.take_with(" add ");
     assert_eq!(adds.len(), 6, "{adds:?}");
     rig.assert_consistent();
 }
