@@ -100,8 +100,10 @@ fn linux_machine(
     (m, out)
 }
 
-/// Runs the machine until `marker` appears on COM1 (then stops it) or
-/// `limit` passes; returns the output and the time to the marker.
+/// Runs the machine until the line holding `marker` has arrived whole on
+/// COM1 (then stops it) or `limit` passes; returns the output and the time
+/// to that line. Waiting for the line's end matters under PVM, where the
+/// console crawls a character at a time.
 fn run_until(
     mut m: Machine,
     out: Arc<Mutex<String>>,
@@ -113,7 +115,7 @@ fn run_until(
     let runner = std::thread::spawn(move || m.run().map_err(|e| format!("{e:#}")));
     let mut seen = None;
     while start.elapsed() < limit && !runner.is_finished() {
-        if out.lock().unwrap().contains(marker) {
+        if has_whole_line(&out.lock().unwrap(), marker) {
             seen = Some(start.elapsed());
             break;
         }
@@ -126,6 +128,11 @@ fn run_until(
         eprintln!("machine result: {res:?}");
     }
     (text, seen)
+}
+
+fn has_whole_line(text: &str, marker: &str) -> bool {
+    text.find(marker)
+        .is_some_and(|at| text[at..].contains('\n'))
 }
 
 #[test]
