@@ -2,6 +2,7 @@
 //! `vmm` and its peers, and a QMP client.
 
 pub mod guest_kit;
+pub mod pattern;
 pub mod probe;
 pub mod process;
 pub mod virtq;

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::machine::DiskConfig;
+
 pub const USAGE: &str = "\
 usage: vmm [options]
 
@@ -14,6 +16,13 @@ usage: vmm [options]
   --memory SIZE      guest RAM, e.g. 512M or 2G (default 512M)
   --cpus N           vCPUs, 1 to 64 (default 1)
   --serial WHERE     COM1 output: stdout (default), file=PATH, or none
+  --iothread id=ID   an iothread (an epoll thread that serves device queues)
+  --disk path=PATH[,readonly=on|off][,iothread=ID]...[,num_queues=N]
+         [,queue_size=N][,serial=TEXT][,direct=on|off]
+                     a virtio-blk disk on a raw image; repeat iothread= to
+                     spread its queues over several iothreads (queue q on
+                     the (q mod n)-th); without one it gets its own
+  --exit-stats       print exits by kind, per device, to stderr at the end
   -h, --help         this text
 
 The exit status is the guest's: 0 after an ACPI power-off, the value the
@@ -35,6 +44,9 @@ pub struct Options {
     pub memory: u64,
     pub cpus: u8,
     pub serial: Serial,
+    pub iothreads: Vec<String>,
+    pub disks: Vec<DiskConfig>,
+    pub exit_stats: bool,
 }
 
 impl Default for Options {
@@ -46,6 +58,9 @@ impl Default for Options {
             memory: 512 << 20,
             cpus: 1,
             serial: Serial::Stdout,
+            iothreads: Vec::new(),
+            disks: Vec::new(),
+            exit_stats: false,
         }
     }
 }
@@ -62,6 +77,10 @@ pub enum CliError {
     Cpus(String),
     #[error("--serial: {0:?} is not stdout, file=PATH or none")]
     Serial(String),
+    #[error("--iothread: {0:?} is not id=NAME (letters, digits, - and _)")]
+    IoThread(String),
+    #[error("--disk: {0}")]
+    Disk(String),
     #[error("help requested")]
     Help,
 }
@@ -122,10 +141,77 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
                     },
                 };
             }
+            "--iothread" => {
+                let v = value(&name)?;
+                match v.strip_prefix("id=") {
+                    Some(id) if valid_id(id) => o.iothreads.push(id.into()),
+                    _ => return Err(CliError::IoThread(v)),
+                }
+            }
+            "--disk" => o.disks.push(parse_disk(&value(&name)?)?),
+            "--exit-stats" => o.exit_stats = true,
             _ => return Err(CliError::Unknown(arg)),
         }
     }
     Ok(o)
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 32
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn on_off(key: &str, v: &str) -> Result<bool, CliError> {
+    match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(CliError::Disk(format!("{key}={v:?} is not on or off"))),
+    }
+}
+
+/// `path=...,readonly=on,iothread=io0,num_queues=2,queue_size=256,serial=S`.
+pub fn parse_disk(s: &str) -> Result<DiskConfig, CliError> {
+    let mut d = DiskConfig::default();
+    let mut path = None;
+    for item in s.split(',') {
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(CliError::Disk(format!("{item:?} is not key=value")));
+        };
+        let number = |lo: u16, hi: u16| {
+            v.parse::<u16>()
+                .ok()
+                .filter(|n| (lo..=hi).contains(n))
+                .ok_or_else(|| {
+                    CliError::Disk(format!("{k}={v:?} is not a number from {lo} to {hi}"))
+                })
+        };
+        match k {
+            "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
+            "readonly" => d.readonly = on_off(k, v)?,
+            "direct" => d.direct = on_off(k, v)?,
+            "iothread" if valid_id(v) => d.iothreads.push(v.into()),
+            "iothread" => return Err(CliError::Disk(format!("iothread={v:?} is not an id"))),
+            "num_queues" | "num-queues" => d.num_queues = number(1, 64)?,
+            "queue_size" | "queue-size" => {
+                d.queue_size = number(2, 1024)?;
+                if !d.queue_size.is_power_of_two() {
+                    return Err(CliError::Disk(format!("{k}={v:?} is not a power of two")));
+                }
+            }
+            "serial" if v.len() <= 20 => d.serial = v.into(),
+            "serial" => {
+                return Err(CliError::Disk(format!(
+                    "serial={v:?} is longer than 20 bytes"
+                )))
+            }
+            _ => return Err(CliError::Disk(format!("unknown or empty key {k:?}"))),
+        }
+    }
+    d.path = path.ok_or_else(|| CliError::Disk("path=PATH is missing".into()))?;
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -173,6 +259,54 @@ mod tests {
             Err(CliError::Serial("file=".into()))
         );
         assert!(CliError::Size("x".into()).to_string().contains("--memory"));
+    }
+
+    #[test]
+    fn disks_and_iothreads_parse_and_bad_values_are_named() {
+        let o = p(&[
+            "--iothread",
+            "id=io0",
+            "--iothread=id=io1",
+            "--disk",
+            "path=/d.img,readonly=on,iothread=io0,iothread=io1,num_queues=4,serial=abc",
+        ])
+        .unwrap();
+        assert_eq!(o.iothreads, ["io0", "io1"]);
+        let d = &o.disks[0];
+        assert_eq!(d.path, PathBuf::from("/d.img"));
+        assert!(d.readonly);
+        assert_eq!(d.iothreads, ["io0", "io1"]);
+        assert_eq!((d.num_queues, d.queue_size), (4, 256));
+        assert_eq!(d.serial, "abc");
+        for (bad, says) in [
+            ("readonly=on", "path=PATH is missing"),
+            (
+                "path=/x,readonly=maybe",
+                "readonly=\"maybe\" is not on or off",
+            ),
+            (
+                "path=/x,num_queues=0",
+                "num_queues=\"0\" is not a number from 1 to 64",
+            ),
+            (
+                "path=/x,queue_size=100",
+                "queue_size=\"100\" is not a power of two",
+            ),
+            (
+                "path=/x,serial=123456789012345678901",
+                "longer than 20 bytes",
+            ),
+            ("path=/x,colour=red", "unknown or empty key \"colour\""),
+            ("path=/x,iothread=a b", "iothread=\"a b\" is not an id"),
+            ("path=/x,junk", "\"junk\" is not key=value"),
+        ] {
+            let e = p(&["--disk", bad]).unwrap_err().to_string();
+            assert!(e.starts_with("--disk: ") && e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(
+            p(&["--iothread", "io0"]),
+            Err(CliError::IoThread("io0".into()))
+        );
     }
 
     #[test]

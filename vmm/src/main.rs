@@ -96,5 +96,15 @@ fn run(opts: Options) -> anyhow::Result<u32> {
     };
     let mut machine = Machine::new(cfg)?;
     machine.attach_console(out)?;
-    Ok(machine.run()?)
+    for id in &opts.iothreads {
+        machine.add_iothread(id)?;
+    }
+    for d in &opts.disks {
+        machine.add_disk(d)?;
+    }
+    let status = machine.run();
+    if opts.exit_stats {
+        eprint!("{}", machine.exit_report());
+    }
+    Ok(status?)
 }

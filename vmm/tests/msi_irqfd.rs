@@ -28,7 +28,7 @@ fn an_eventfd_write_reaches_the_lapic_and_masking_defers_it() {
     lapic.regs[0xf1] = 0x01;
     vcpu.set_lapic(&lapic).unwrap();
 
-    let table = MsixTable::new(GsiRouter::new(KvmRouting(vm.clone())), 2).unwrap();
+    let table = MsixTable::new(GsiRouter::new(KvmRouting::new(vm.clone())), 2).unwrap();
     let (ops, _pba) = table.regions();
     // Vector 0 -> APIC 0, vector 0x45, fixed, edge.
     ops.write(0, &0xfee0_0000u32.to_le_bytes());

@@ -5,6 +5,7 @@
 mod config;
 mod image;
 mod layout;
+pub mod queue;
 pub(crate) mod ratelimit;
 mod request;
 

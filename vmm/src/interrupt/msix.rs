@@ -137,6 +137,22 @@ impl<R: Routing + 'static> MsixTable<R> {
         }
     }
 
+    /// Function reset: MSI-X disabled, every entry zero and masked, nothing
+    /// pending.
+    pub fn reset(&self) {
+        let mut st = self.lock();
+        st.enabled = false;
+        st.function_mask = false;
+        for e in st.entries.iter_mut() {
+            (e.addr_lo, e.addr_hi, e.data, e.control) = (0, 0, 0, MASKED);
+            // Drop a pending count so it is not injected on a later unmask.
+            let _ = e.fd.read();
+        }
+        for v in 0..st.entries.len() {
+            self.sync(&st, v);
+        }
+    }
+
     /// Brings vector `v`'s route and irqfd in line with the table.
     fn sync(&self, st: &State, v: usize) {
         let e = &st.entries[v];

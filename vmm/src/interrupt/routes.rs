@@ -52,20 +52,34 @@ pub trait Routing: Send {
     fn irqfd(&mut self, fd: &EventFd, gsi: u32, assign: bool) -> io::Result<()>;
 }
 
-pub struct KvmRouting(pub Arc<VmFd>);
+/// Routes on a KVM VM, or, between VMs (before the first boot, across a
+/// reboot), nowhere: the router keeps the table and replays it with
+/// [`GsiRouter::switch`] when the next VM exists.
+pub struct KvmRouting(pub Option<Arc<VmFd>>);
+
+impl KvmRouting {
+    pub fn new(vm: Arc<VmFd>) -> Self {
+        KvmRouting(Some(vm))
+    }
+    pub fn detached() -> Self {
+        KvmRouting(None)
+    }
+}
 
 impl Routing for KvmRouting {
     fn set_routing(&mut self, table: &[kvm_irq_routing_entry]) -> io::Result<()> {
+        let Some(vm) = &self.0 else { return Ok(()) };
         let mut r = KvmIrqRouting::new(table.len())
             .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?;
         r.as_mut_slice().copy_from_slice(table);
-        self.0.set_gsi_routing(&r).map_err(io::Error::from)
+        vm.set_gsi_routing(&r).map_err(io::Error::from)
     }
     fn irqfd(&mut self, fd: &EventFd, gsi: u32, assign: bool) -> io::Result<()> {
+        let Some(vm) = &self.0 else { return Ok(()) };
         let r = if assign {
-            self.0.register_irqfd(fd, gsi)
+            vm.register_irqfd(fd, gsi)
         } else {
-            self.0.unregister_irqfd(fd, gsi)
+            vm.unregister_irqfd(fd, gsi)
         };
         r.map_err(io::Error::from)
     }
@@ -200,6 +214,23 @@ impl<R: Routing> GsiRouter<R> {
             .irqfd(&r.fd, gsi, bound)
             .map_err(|source| RouteError::Irqfd { gsi, source })?;
         r.bound = bound;
+        Ok(())
+    }
+
+    /// Moves every route to `kvm` (a new VM after a reboot): the table, then
+    /// the irqfds of the bound routes. The old backend is dropped without
+    /// unbinding (its VM is going away).
+    pub fn switch(&self, kvm: R) -> Result<(), RouteError> {
+        let mut g = self.lock();
+        g.kvm = kvm;
+        commit(&mut g)?;
+        let inner = &mut *g;
+        for (&gsi, r) in inner.routes.iter().filter(|(_, r)| r.bound) {
+            inner
+                .kvm
+                .irqfd(&r.fd, gsi, true)
+                .map_err(|source| RouteError::Irqfd { gsi, source })?;
+        }
         Ok(())
     }
 

@@ -156,3 +156,21 @@ fn dropping_a_table_releases_its_routes() {
     let (gsi, _) = router.add(Default::default(), false).unwrap();
     assert_eq!(gsi, FIRST_MSI_GSI, "GSIs are reused");
 }
+
+#[test]
+fn switching_to_a_new_vm_replays_the_table_and_the_bound_irqfds() {
+    let old = Fake::default();
+    let r = GsiRouter::new(old.clone());
+    let msg = super::MsiMessage {
+        addr: 0xfee0_0000,
+        data: 0x42,
+    };
+    let (bound, _a) = r.add(msg, true).unwrap();
+    let (masked, _b) = r.add(msg, false).unwrap();
+    let new = Fake::default();
+    r.switch(new.clone()).unwrap();
+    let s = new.0.lock().unwrap();
+    assert_eq!(s.msi.len(), 2, "both routes in the new table");
+    assert_eq!(s.bound, vec![bound], "only the unmasked vector's irqfd");
+    assert!(!s.bound.contains(&masked));
+}

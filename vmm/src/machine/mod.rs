@@ -1,5 +1,6 @@
 //! The PC machine: its memory map and chipset pieces.
 
+pub mod disks;
 pub mod dispatch;
 pub mod guest_ram;
 pub mod layout;
@@ -10,6 +11,7 @@ pub mod requests;
 #[cfg(test)]
 mod tests;
 
+pub use disks::DiskConfig;
 pub use layout::PcMemory;
 pub use pc::{Machine, MachineConfig, MachineError, Reset};
 pub use requests::{Request, Requests};

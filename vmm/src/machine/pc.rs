@@ -23,12 +23,16 @@ use crate::devices::legacy::{
     cmos, debug_exit, pm, reset_ports, serial, Cmos, DebugExit, I8042Data, Pm1, PortA, Serial,
     I8042,
 };
+use crate::interrupt::{GsiRouter, KvmRouting};
+use crate::iothread::IoThread;
 use crate::kvm::ioevents::{Bus, KvmIoEvents, KvmIoListener};
 use crate::kvm::memslots::{KvmMemoryListener, KvmSlots, VcpuPause};
 use crate::kvm::{KvmError, VcpuEvent, VcpuSet, VcpuStop, Vm};
+use crate::memory::dma::DmaView;
 use crate::memory::{AddressSpace, ListenerId, Memory, MemoryError, MemoryRegion};
 use crate::pci::i440fx::{HostBridge, IsaBridge};
 use crate::pci::{ConfigIo, PciBus, PciError, CONFIG_PORT, CONFIG_PORTS};
+use crate::virtio::VirtioPci;
 
 use super::dispatch::{Dispatch, ExitStats};
 use super::guest_ram::{guest_memory, GuestRamError};
@@ -131,6 +135,12 @@ pub struct Machine {
     resets: Vec<Arc<dyn Reset>>,
     /// Device interrupt lines bound to a GSI with an irqfd on every VM.
     irq_lines: Vec<(Arc<EventFd>, u32)>,
+    /// MSI routes of every device, moved to each new VM.
+    pub(super) router: GsiRouter<KvmRouting>,
+    /// Guest RAM as in-process devices reach it.
+    pub(super) dma: DmaView,
+    pub(super) iothreads: Vec<Arc<IoThread>>,
+    pub(super) virtio: Vec<Arc<VirtioPci<KvmRouting>>>,
     vcpu_slot: Arc<ArcSwapOption<VcpuSet>>,
     running: Option<Running>,
     /// How many times the guest was started (1 + reboots).
@@ -201,6 +211,8 @@ impl Machine {
         let port_a = Arc::new(PortA::new(requests.clone()));
         tx.add_subregion(&pc.io_root, reset_ports::PORT_A, &io("port92", 1, port_a))?;
         tx.commit()?;
+        let dma = DmaView::default();
+        memory.register_listener(&pc.memory, Box::new(dma.listener()))?;
         Ok(Machine {
             cfg,
             memory,
@@ -211,6 +223,10 @@ impl Machine {
             pci,
             resets: vec![cmos as Arc<dyn Reset>, pm1 as Arc<dyn Reset>],
             irq_lines: Vec::new(),
+            router: GsiRouter::new(KvmRouting::detached()),
+            dma,
+            iothreads: Vec::new(),
+            virtio: Vec::new(),
             vcpu_slot: Arc::default(),
             running: None,
             boots: 0,
@@ -274,7 +290,11 @@ impl Machine {
                 .map_err(|source| MachineError::Irqfd { gsi: *gsi, source })?;
         }
         let mut listeners = Vec::new();
-        let res = self.register_kvm(&vm, &mut listeners);
+        let res = self
+            .router
+            .switch(KvmRouting::new(vm.fd().clone()))
+            .map_err(|e| MachineError::Config(format!("MSI routes on the new VM: {e}")));
+        let res = res.and_then(|()| self.register_kvm(&vm, &mut listeners));
         let res = res.and_then(|()| self.boot_vcpus(&vm));
         match res {
             Ok((vcpus, events)) => {
@@ -396,6 +416,8 @@ impl Machine {
             self.vcpu_slot.store(None);
             r.vcpus.stop();
             self.unregister(r.listeners);
+            // Between VMs routes are kept and replayed on the next one.
+            let _ = self.router.switch(KvmRouting::detached());
         }
     }
 

@@ -9,6 +9,7 @@
 //! error.
 
 mod address_space;
+pub mod dma;
 mod fanout;
 mod flatview;
 pub mod listener;

@@ -1,0 +1,144 @@
+//! Devices on the PCI bus beyond the chipset: iothreads and virtio-blk
+//! disks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use vmm_backends::block::{BlockEngine, BlockLimits, DiskImage, ImageOptions};
+
+use super::pc::{Machine, MachineError};
+use crate::interrupt::KvmRouting;
+use crate::iothread::IoThread;
+use crate::virtio::blk::Blk;
+use crate::virtio::VirtioPci;
+
+/// First PCI slot for added devices (0 and 1 are the chipset).
+const FIRST_SLOT: u8 = 3;
+
+/// A virtio-blk disk as `--disk` describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub readonly: bool,
+    /// Iothread ids; queue `q` runs on `iothreads[q % len]`. Empty: the
+    /// disk gets an iothread of its own.
+    pub iothreads: Vec<String>,
+    pub num_queues: u16,
+    pub queue_size: u16,
+    pub serial: String,
+    pub direct: bool,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        DiskConfig {
+            path: PathBuf::new(),
+            readonly: false,
+            iothreads: Vec::new(),
+            num_queues: 1,
+            queue_size: 256,
+            serial: String::new(),
+            direct: false,
+        }
+    }
+}
+
+impl Machine {
+    /// Starts iothread `id` (`--iothread id=...`).
+    pub fn add_iothread(&mut self, id: &str) -> Result<Arc<IoThread>, MachineError> {
+        if self
+            .iothreads
+            .iter()
+            .any(|t| t.name() == format!("iothread-{id}"))
+        {
+            return Err(MachineError::Config(format!(
+                "--iothread id={id} is defined twice"
+            )));
+        }
+        let t = IoThread::new(id).map_err(|e| MachineError::Config(e.to_string()))?;
+        self.iothreads.push(t.clone());
+        Ok(t)
+    }
+
+    fn iothread(&self, id: &str) -> Option<Arc<IoThread>> {
+        let name = format!("iothread-{id}");
+        self.iothreads.iter().find(|t| t.name() == name).cloned()
+    }
+
+    /// Adds a virtio-blk disk in the next free PCI slot; returns its name
+    /// (`virtio-blk<N>`).
+    pub fn add_disk(&mut self, d: &DiskConfig) -> Result<String, MachineError> {
+        let index = self.virtio.len();
+        let name = format!("virtio-blk{index}");
+        let bad =
+            |what: String| MachineError::Config(format!("--disk {}: {what}", d.path.display()));
+        let options = ImageOptions {
+            read_only: d.readonly,
+            direct: d.direct,
+            serial: d.serial.clone(),
+        };
+        let image = DiskImage::open(&d.path, &options).map_err(|e| bad(error_chain(&e)))?;
+        let engine = Arc::new(BlockEngine::new(image, BlockLimits::default()));
+        let mut threads = Vec::new();
+        for id in &d.iothreads {
+            threads.push(self.iothread(id).ok_or_else(|| {
+                bad(format!(
+                    "iothread {id:?} is not defined (add --iothread id={id})"
+                ))
+            })?);
+        }
+        if threads.is_empty() {
+            threads.push(self.add_iothread(&name)?);
+        }
+        let blk = Blk::new(engine, d.num_queues, d.queue_size, threads);
+        let (t, f) = VirtioPci::new(
+            &name,
+            Box::new(blk),
+            self.router.clone(),
+            &self.memory,
+            self.dma.clone(),
+        )
+        .map_err(|e| bad(error_chain(&e)))?;
+        let slot = FIRST_SLOT + u8::try_from(index).map_err(|_| bad("too many devices".into()))?;
+        if slot > 31 {
+            return Err(bad("no free PCI slot".into()));
+        }
+        self.pci.add(slot, 0, f)?;
+        self.virtio.push(t);
+        Ok(name)
+    }
+
+    /// The virtio transports, in slot order.
+    pub fn virtio_devices(&self) -> &[Arc<VirtioPci<KvmRouting>>] {
+        &self.virtio
+    }
+
+    /// Exit counts by kind, per virtio device and per iothread: what
+    /// `--exit-stats` prints.
+    pub fn exit_report(&self) -> String {
+        let s = self.stats.snapshot();
+        let mut out = format!(
+            "exits: pio_read={} pio_write={} mmio_read={} mmio_write={} unassigned={} mmio_on_ram={}\n",
+            s[0], s[1], s[2], s[3], s[4], s[5]
+        );
+        for v in &self.virtio {
+            out.push_str(&v.report());
+            out.push('\n');
+        }
+        for t in &self.iothreads {
+            out.push_str(&format!("{}: runs={}\n", t.name(), t.runs()));
+        }
+        out
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
