@@ -217,4 +217,14 @@ impl BackendConn {
             .map_err(refused("SET_VRING_ENABLE"))?;
         Ok(())
     }
+
+    /// Stops a queue: disables it and takes its state back
+    /// (GET_VRING_BASE); returns where the backend stopped in the avail ring.
+    pub fn stop_vring(&self, index: usize) -> Result<u16, FrontendError> {
+        let mut f = self.lock();
+        f.set_vring_enable(index, false)
+            .map_err(refused("SET_VRING_ENABLE"))?;
+        let base = f.get_vring_base(index).map_err(refused("GET_VRING_BASE"))?;
+        Ok(base as u16)
+    }
 }

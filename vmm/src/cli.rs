@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::machine::DiskConfig;
+use crate::machine::{DiskConfig, VhostUserBlkConfig};
 
 pub const USAGE: &str = "\
 usage: vmm [options]
@@ -22,6 +22,10 @@ usage: vmm [options]
                      a virtio-blk disk on a raw image; repeat iothread= to
                      spread its queues over several iothreads (queue q on
                      the (q mod n)-th); without one it gets its own
+  --vhost-user-blk socket=PATH[,num_queues=N][,queue_size=N][,timeout=SECS]
+                     a disk served by a vhost-user-blk backend (ours or
+                     qemu-storage-daemon); waits up to timeout (default 10)
+                     seconds for the socket
   --exit-stats       print exits by kind, per device, to stderr at the end
   -h, --help         this text
 
@@ -46,6 +50,7 @@ pub struct Options {
     pub serial: Serial,
     pub iothreads: Vec<String>,
     pub disks: Vec<DiskConfig>,
+    pub vhost_user_blk: Vec<VhostUserBlkConfig>,
     pub exit_stats: bool,
 }
 
@@ -60,6 +65,7 @@ impl Default for Options {
             serial: Serial::Stdout,
             iothreads: Vec::new(),
             disks: Vec::new(),
+            vhost_user_blk: Vec::new(),
             exit_stats: false,
         }
     }
@@ -81,6 +87,8 @@ pub enum CliError {
     IoThread(String),
     #[error("--disk: {0}")]
     Disk(String),
+    #[error("--vhost-user-blk: {0}")]
+    VhostUserBlk(String),
     #[error("help requested")]
     Help,
 }
@@ -149,6 +157,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
                 }
             }
             "--disk" => o.disks.push(parse_disk(&value(&name)?)?),
+            "--vhost-user-blk" => o.vhost_user_blk.push(parse_vhost_user_blk(&value(&name)?)?),
             "--exit-stats" => o.exit_stats = true,
             _ => return Err(CliError::Unknown(arg)),
         }
@@ -212,6 +221,38 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, CliError> {
     }
     d.path = path.ok_or_else(|| CliError::Disk("path=PATH is missing".into()))?;
     Ok(d)
+}
+
+/// `socket=PATH,num_queues=N,queue_size=N,timeout=SECS`.
+pub fn parse_vhost_user_blk(s: &str) -> Result<VhostUserBlkConfig, CliError> {
+    let mut c = VhostUserBlkConfig::default();
+    let mut socket = None;
+    let bad = CliError::VhostUserBlk;
+    for item in s.split(',') {
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(bad(format!("{item:?} is not key=value")));
+        };
+        let number = |lo: u64, hi: u64| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| (lo..=hi).contains(n))
+                .ok_or_else(|| bad(format!("{k}={v:?} is not a number from {lo} to {hi}")))
+        };
+        match k {
+            "socket" | "path" if !v.is_empty() => socket = Some(PathBuf::from(v)),
+            "num_queues" | "num-queues" => c.num_queues = number(1, 64)? as u16,
+            "queue_size" | "queue-size" => {
+                c.queue_size = number(2, 1024)? as u16;
+                if !c.queue_size.is_power_of_two() {
+                    return Err(bad(format!("{k}={v:?} is not a power of two")));
+                }
+            }
+            "timeout" => c.timeout = std::time::Duration::from_secs(number(0, 3600)?),
+            _ => return Err(bad(format!("unknown or empty key {k:?}"))),
+        }
+    }
+    c.socket = socket.ok_or_else(|| bad("socket=PATH is missing".into()))?;
+    Ok(c)
 }
 
 #[cfg(test)]
@@ -303,6 +344,11 @@ mod tests {
             let e = p(&["--disk", bad]).unwrap_err().to_string();
             assert!(e.starts_with("--disk: ") && e.contains(says), "{bad}: {e}");
         }
+        let v = p(&["--vhost-user-blk", "socket=/s,num_queues=2,timeout=3"]).unwrap();
+        let v = &v.vhost_user_blk[0];
+        assert_eq!((v.num_queues, v.timeout.as_secs()), (2, 3));
+        let e = p(&["--vhost-user-blk", "num_queues=2"]).unwrap_err();
+        assert_eq!(e.to_string(), "--vhost-user-blk: socket=PATH is missing");
         assert_eq!(
             p(&["--iothread", "io0"]),
             Err(CliError::IoThread("io0".into()))

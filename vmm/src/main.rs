@@ -102,6 +102,9 @@ fn run(opts: Options) -> anyhow::Result<u32> {
     for d in &opts.disks {
         machine.add_disk(d)?;
     }
+    for v in &opts.vhost_user_blk {
+        machine.add_vhost_user_blk(v)?;
+    }
     let status = machine.run();
     if opts.exit_stats {
         eprint!("{}", machine.exit_report());

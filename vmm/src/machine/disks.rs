@@ -3,14 +3,17 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use vmm_backends::block::{BlockEngine, BlockLimits, DiskImage, ImageOptions};
 
 use super::pc::{Machine, MachineError};
 use crate::interrupt::KvmRouting;
 use crate::iothread::IoThread;
+use crate::vhost_user::blk::VhostUserBlk;
+use crate::vhost_user::VhostListener;
 use crate::virtio::blk::Blk;
-use crate::virtio::VirtioPci;
+use crate::virtio::{VirtioDevice, VirtioPci};
 
 /// First PCI slot for added devices (0 and 1 are the chipset).
 const FIRST_SLOT: u8 = 3;
@@ -43,6 +46,27 @@ impl Default for DiskConfig {
     }
 }
 
+/// A vhost-user-blk disk as `--vhost-user-blk` describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VhostUserBlkConfig {
+    pub socket: PathBuf,
+    pub num_queues: u16,
+    pub queue_size: u16,
+    /// How long to wait for the backend's socket.
+    pub timeout: Duration,
+}
+
+impl Default for VhostUserBlkConfig {
+    fn default() -> Self {
+        VhostUserBlkConfig {
+            socket: PathBuf::new(),
+            num_queues: 1,
+            queue_size: 256,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 impl Machine {
     /// Starts iothread `id` (`--iothread id=...`).
     pub fn add_iothread(&mut self, id: &str) -> Result<Arc<IoThread>, MachineError> {
@@ -68,8 +92,8 @@ impl Machine {
     /// Adds a virtio-blk disk in the next free PCI slot; returns its name
     /// (`virtio-blk<N>`).
     pub fn add_disk(&mut self, d: &DiskConfig) -> Result<String, MachineError> {
-        let index = self.virtio.len();
-        let name = format!("virtio-blk{index}");
+        let name = format!("virtio-blk{}", self.disks);
+        self.disks += 1;
         let bad =
             |what: String| MachineError::Config(format!("--disk {}: {what}", d.path.display()));
         let options = ImageOptions {
@@ -91,21 +115,50 @@ impl Machine {
             threads.push(self.add_iothread(&name)?);
         }
         let blk = Blk::new(engine, d.num_queues, d.queue_size, threads);
+        self.plug(&name, Box::new(blk)).map_err(|e| bad(e))?;
+        Ok(name)
+    }
+
+    /// Adds a vhost-user-blk disk whose backend listens on `socket`;
+    /// returns its name (`vhost-user-blk<N>`).
+    pub fn add_vhost_user_blk(&mut self, c: &VhostUserBlkConfig) -> Result<String, MachineError> {
+        let name = format!("vhost-user-blk{}", self.vhost_user.len());
+        let bad = |what: String| {
+            MachineError::Config(format!("--vhost-user-blk {}: {what}", c.socket.display()))
+        };
+        let dev = VhostUserBlk::connect(&c.socket, c.num_queues, c.queue_size, c.timeout)
+            .map_err(|e| bad(error_chain(&e)))?;
+        let listener = VhostListener::new(&format!("vhost:{name}"), dev.conn().sink());
+        let id = self
+            .memory
+            .register_listener(&self.pc.memory, Box::new(listener))
+            .map_err(|e| bad(error_chain(&e)))?;
+        if let Err(e) = self.plug(&name, Box::new(dev)) {
+            self.memory.unregister_listener(&self.pc.memory, id);
+            return Err(bad(e));
+        }
+        self.vhost_user.push(id);
+        Ok(name)
+    }
+
+    /// Puts a virtio device behind a transport in the next free slot.
+    fn plug(&mut self, name: &str, dev: Box<dyn VirtioDevice>) -> Result<(), String> {
+        let slot = u8::try_from(self.virtio.len())
+            .ok()
+            .map(|i| i + FIRST_SLOT)
+            .filter(|s| *s <= 31)
+            .ok_or("no free PCI slot")?;
         let (t, f) = VirtioPci::new(
-            &name,
-            Box::new(blk),
+            name,
+            dev,
             self.router.clone(),
             &self.memory,
             self.dma.clone(),
         )
-        .map_err(|e| bad(error_chain(&e)))?;
-        let slot = FIRST_SLOT + u8::try_from(index).map_err(|_| bad("too many devices".into()))?;
-        if slot > 31 {
-            return Err(bad("no free PCI slot".into()));
-        }
-        self.pci.add(slot, 0, f)?;
+        .map_err(|e| error_chain(&e))?;
+        self.pci.add(slot, 0, f).map_err(|e| error_chain(&e))?;
         self.virtio.push(t);
-        Ok(name)
+        Ok(())
     }
 
     /// The virtio transports, in slot order.

@@ -11,7 +11,7 @@ pub mod requests;
 #[cfg(test)]
 mod tests;
 
-pub use disks::DiskConfig;
+pub use disks::{DiskConfig, VhostUserBlkConfig};
 pub use layout::PcMemory;
 pub use pc::{Machine, MachineConfig, MachineError, Reset};
 pub use requests::{Request, Requests};

@@ -141,6 +141,10 @@ pub struct Machine {
     pub(super) dma: DmaView,
     pub(super) iothreads: Vec<Arc<IoThread>>,
     pub(super) virtio: Vec<Arc<VirtioPci<KvmRouting>>>,
+    /// In-process disks added so far (names virtio-blk<N>).
+    pub(super) disks: usize,
+    /// The `vhost` listeners of vhost-user devices.
+    pub(super) vhost_user: Vec<ListenerId>,
     vcpu_slot: Arc<ArcSwapOption<VcpuSet>>,
     running: Option<Running>,
     /// How many times the guest was started (1 + reboots).
@@ -227,6 +231,8 @@ impl Machine {
             dma,
             iothreads: Vec::new(),
             virtio: Vec::new(),
+            disks: 0,
+            vhost_user: Vec::new(),
             vcpu_slot: Arc::default(),
             running: None,
             boots: 0,

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""virtio-blk benchmark: the probe guest as load generator against the
+in-process virtio-blk device (served on an iothread), next to fio on the host
+against the same image file: the physical limit. 4 KiB random reads and
+writes at queue depth 1 and 32; IOPS and latency percentiles, and the ratio.
+
+usage: integration/bench/blk.py [--vmm PATH] [--image PATH] [--size 1G]
+                                [--ops N] [--fio-secs S] [--direct]
+Builds the release binary first unless --vmm is given; installs fio with
+apt-get if it is missing. Not a test: it prints figures.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LINE = re.compile(r"# blkbench \S+ rw=(\w+) qd=(\d+) ops=(\d+) secs=([\d.]+) iops=(\d+) "
+                  r"lat_us p50=([\d.]+) p90=([\d.]+) p99=([\d.]+) p999=([\d.]+) max=([\d.]+)")
+
+
+def guest(vmm, image, rw, qd, ops, direct):
+    disk = f"path={image},iothread=io0,queue_size=256"
+    if direct:
+        disk += ",direct=on"
+    cmd = [vmm, "--memory", "512M", "--iothread", "id=io0", "--disk", disk,
+           "--cmdline", f"console=ttyS0 probe=none blkbench={rw} blkbench-qd={qd} blkbench-ops={ops}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    m = next((LINE.search(l) for l in p.stdout.splitlines() if LINE.search(l)), None)
+    if m is None:
+        sys.exit(f"no blkbench line from the guest (exit {p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-2000:]}")
+    iops = int(m.group(5))
+    lat = [float(m.group(i)) for i in (6, 7, 8, 9, 10)]
+    return iops, lat
+
+
+def fio(image, rw, qd, secs, direct):
+    if shutil.which("fio") is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "fio"], check=True,
+                       stdout=subprocess.DEVNULL)
+    engine = "psync" if qd == 1 else "io_uring"
+    cmd = ["fio", "--name=host", f"--filename={image}", f"--rw={rw}", "--bs=4k",
+           f"--iodepth={qd}", f"--ioengine={engine}", f"--direct={int(direct)}",
+           f"--runtime={secs}", "--time_based", "--output-format=json",
+           "--percentile_list=50:90:99:99.9"]
+    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    job = out["jobs"][0]["read" if rw == "randread" else "write"]
+    pct = job["clat_ns"]["percentile"]
+    lat = [pct[k] / 1000 for k in ("50.000000", "90.000000", "99.000000", "99.900000")]
+    lat.append(job["clat_ns"]["max"] / 1000)
+    return int(job["iops"]), lat
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vmm")
+    ap.add_argument("--image", default="/var/tmp/vmm-blk-bench.img")
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--ops", type=int, default=50000)
+    ap.add_argument("--fio-secs", type=int, default=10)
+    ap.add_argument("--direct", action="store_true", help="O_DIRECT on both sides")
+    a = ap.parse_args()
+    vmm = a.vmm
+    if vmm is None:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "vmm"],
+                       cwd=ROOT, check=True)
+        vmm = os.path.join(ROOT, "target", "release", "vmm")
+    if not os.path.exists(a.image):
+        # Allocated, not sparse: reads of holes would flatter both sides.
+        subprocess.run(["fallocate", "-l", a.size, a.image], check=True)
+        subprocess.run(["dd", "if=/dev/zero", f"of={a.image}", "bs=1M", "conv=notrunc",
+                        f"count={os.path.getsize(a.image) >> 20}", "status=none"], check=True)
+    print(f"4 KiB random I/O on {a.image} ({os.path.getsize(a.image) >> 20} MiB), "
+          f"{'O_DIRECT' if a.direct else 'page cache'}; latencies in us")
+    print(f"{'':22} {'IOPS':>8} {'p50':>8} {'p90':>8} {'p99':>8} {'p99.9':>8} {'max':>9}")
+    for rw in ("randread", "randwrite"):
+        for qd in (1, 32):
+            g = guest(vmm, a.image, rw, qd, a.ops, a.direct)
+            h = fio(a.image, rw, qd, a.fio_secs, a.direct)
+            for who, (iops, lat) in (("probe/virtio-blk", g), ("fio on the host", h)):
+                print(f"{rw:9} qd{qd:<2} {who:17} {iops:8d} " + " ".join(f"{x:8.1f}" for x in lat[:4])
+                      + f" {lat[4]:9.1f}")
+            print(f"{rw:9} qd{qd:<2} ratio guest/host: {g[0] / h[0]:.2f}x IOPS")
+
+
+if __name__ == "__main__":
+    main()
