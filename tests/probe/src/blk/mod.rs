@@ -13,6 +13,7 @@ mod checks;
 mod dev;
 mod mmio;
 mod pattern;
+mod req;
 mod timer;
 mod transport;
 mod virtq;
