@@ -197,7 +197,14 @@ pub fn run(bdf: Bdf, vector_base: u8, opts: &Options) {
     }
 
     let reinit = d.negotiate().and_then(|_| d.setup());
-    blk_check!(bdf, "device reset and re-initialisation", reinit.is_ok(), "{}", Why(reinit.err()));
+    blk_check!(
+        bdf,
+        "device reset and re-initialisation",
+        reinit.is_ok(),
+        "{} queues{}",
+        d.nq,
+        Why(reinit.err())
+    );
     if reinit.is_ok() {
         read_sector0(&mut d, ra, sector0_seed, "sector 0 reads back after the reset");
     }
