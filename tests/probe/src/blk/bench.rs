@@ -237,6 +237,8 @@ fn bench(bdf: Bdf, opts: &Options) -> Result<(u64, u64), &'static str> {
         Us(hist.percentile(999)),
         Us(hist.max)
     );
+    let vq = &d.queues[q];
+    crate::diag!("virtio-blk {bdf} notifications sent={} skipped={}", vq.notifies, vq.skipped);
     if errors > 0 {
         return Err("requests failed");
     }

@@ -162,21 +162,20 @@ impl Dev {
     /// Reads the device configuration, retrying while config_generation
     /// changes under the reads.
     pub fn read_config(&mut self) {
-        let base = self.caps.device.map_or(0, |r| r.addr);
-        if base == 0 {
+        let Some(region) = self.caps.device else {
             return;
-        }
+        };
+        // Fields past the structure's length read as 0.
+        let u32_at = |off: u64| if off + 4 <= u64::from(region.len) { rd::<u32>(region.addr + off) } else { 0 };
         for _ in 0..100 {
             let gen = self.common.r8(CONFIG_GENERATION);
-            let lo = rd::<u32>(base);
-            let hi = rd::<u32>(base + 4);
             let config = BlkConfig {
-                capacity: u64::from(hi) << 32 | u64::from(lo),
-                seg_max: rd::<u32>(base + 12),
-                blk_size: rd::<u32>(base + 20),
-                num_queues: rd::<u16>(base + 34),
-                max_discard_sectors: rd::<u32>(base + 36),
-                max_write_zeroes_sectors: rd::<u32>(base + 48),
+                capacity: u64::from(u32_at(4)) << 32 | u64::from(u32_at(0)),
+                seg_max: u32_at(12),
+                blk_size: u32_at(20),
+                num_queues: (u32_at(32) >> 16) as u16,
+                max_discard_sectors: u32_at(36),
+                max_write_zeroes_sectors: u32_at(48),
             };
             if self.common.r8(CONFIG_GENERATION) == gen {
                 self.config = config;

@@ -101,6 +101,9 @@ pub fn run(cmdline: &Cmdline) {
     mmio::wr::<u32>(APIC_SVR, 0x1ff);
     if let Some(bench) = bench::Options::parse(cmdline) {
         bench::run(bdfs[0], &bench);
+        for bdf in &bdfs[1..n] {
+            crate::diag!("virtio-blk {bdf}: blkbench runs on the first device only");
+        }
         return;
     }
     let seed = cmdline.number("blk-seed").unwrap_or(1);
@@ -120,10 +123,9 @@ pub fn run(cmdline: &Cmdline) {
 pub fn open(bdf: Bdf, vector_base: u8) -> Option<dev::Dev> {
     let bars = transport::assign_bars(bdf);
     let caps = bars.map(|b| transport::find_caps(bdf, &b));
-    // The common structure must reach queue_device, the blk config
-    // num_queues.
+    // The common structure must reach queue_device, the blk config capacity.
     let found = caps.is_ok_and(|c| {
-        c.common.is_some_and(|r| r.len >= 56) && c.notify.is_some() && c.device.is_some_and(|r| r.len >= 36)
+        c.common.is_some_and(|r| r.len >= 56) && c.notify.is_some() && c.device.is_some_and(|r| r.len >= 8)
     });
     let c = caps.unwrap_or_default();
     let at = |r: Option<transport::Region>| r.map_or(0, |r| r.addr);
