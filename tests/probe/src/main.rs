@@ -18,6 +18,7 @@
 #![no_main]
 
 mod acpi;
+mod blk;
 mod bootparams;
 mod cmdline;
 mod entry;
@@ -45,6 +46,7 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     let cmdline = boot_checks(&params);
     ram::run(&params);
     pci::run();
+    blk::run(&cmdline);
     pam::run();
     unassigned::run();
     let cpus = cmdline.number("cpus").unwrap_or(1);

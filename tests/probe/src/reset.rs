@@ -23,6 +23,12 @@ fn cmos_write(i: u8, v: u8) {
     outb(CMOS_DATA, v);
 }
 
+/// Whether this is the second boot of a `probe=reset` run: the first boot's
+/// mark is still in CMOS (`run` clears it). Changes nothing.
+pub fn second_boot() -> bool {
+    cmos_read(MARK_INDEX) == MARK
+}
+
 pub fn run(through_i8042: bool) {
     if cmos_read(MARK_INDEX) == MARK {
         cmos_write(MARK_INDEX, 0);
