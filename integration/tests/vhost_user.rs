@@ -1,8 +1,14 @@
-//! vhost-user-blk end to end. Here: our daemon (`vhost-user-blk`) behind
-//! Debian's QEMU as the frontend, with the guest kit's Linux under TCG
-//! writing 4 MiB to the disk and reading it back; the host then checks the
-//! image holds exactly what the guest wrote. (Our frontend against QEMU's
-//! daemon and ours is in vhost/tests/backends.rs.)
+//! vhost-user-blk end to end:
+//! - our daemon (`vhost-user-blk`) behind Debian's QEMU as the frontend,
+//!   with the guest kit's Linux under TCG writing 4 MiB to the disk and
+//!   reading it back; the host then checks the image holds exactly what the
+//!   guest wrote;
+//! - our VMM's vhost-user-blk device in front of qemu-storage-daemon and in
+//!   front of our daemon, the probe guest running its disk checks on two
+//!   queues; the host checks the image byte for byte.
+//!
+//! (The frontend library alone, with the test playing the driver, is in
+//! vhost/tests/backends.rs.)
 
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -140,5 +146,130 @@ fn our_daemon_serves_a_linux_guest_in_qemu() {
         md5(&written),
         guest_md5,
         "the image holds what the guest wrote"
+    );
+}
+
+/// A scratch directory with a 64 MiB image holding the probe's pattern of
+/// `seed`, and a socket path.
+fn pattern_disk(name: &str, seed: u64) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("vmm-vu-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("disk.raw");
+    std::fs::write(&image, testkit::pattern::image(seed, 131_072)).unwrap();
+    (image, dir.join("vub.sock"))
+}
+
+fn qemu_storage_daemon(image: &Path, sock: &Path) -> Killed {
+    Killed(
+        Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=file,node-name=f,filename={}",
+                image.display()
+            ))
+            .arg("--export")
+            .arg(format!(
+                "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on,num-queues=2",
+                sock.display()
+            ))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("qemu-storage-daemon (.ci/run installs it)"),
+    )
+}
+
+fn our_daemon(image: &Path, sock: &Path) -> Killed {
+    Killed(
+        Command::new(testkit::process::binary("vhost-user-blk"))
+            .args(["--socket", sock.to_str().unwrap()])
+            .args(["--image", image.to_str().unwrap()])
+            .args(["--num-queues", "2", "--serial", "ours"])
+            .spawn()
+            .expect("the vhost-user-blk binary"),
+    )
+}
+
+/// The probe guest on our VMM with one vhost-user-blk disk at `sock`;
+/// returns its output after checking every check passed.
+fn probe_on(sock: &Path, cmdline: &str) -> String {
+    use vmm::machine::{Machine, MachineConfig, VhostUserBlkConfig};
+    assert!(Path::new("/dev/kvm").exists(), "this test needs /dev/kvm");
+    let mut m = Machine::new(MachineConfig {
+        memory: 256 << 20,
+        cpus: 1,
+        kernel: testkit::probe::build().expect("the probe builds"),
+        cmdline: format!("console=ttyS0 probe=none {cmdline}"),
+        initrd: None,
+        atomic_memslots: true,
+        aps_at_entry: true,
+    })
+    .expect("machine");
+    let out = testkit::process::Captured::default();
+    m.attach_console(Box::new(out.clone())).unwrap();
+    m.add_vhost_user_blk(&VhostUserBlkConfig {
+        socket: sock.into(),
+        num_queues: 2,
+        ..VhostUserBlkConfig::default()
+    })
+    .expect("the backend answers");
+    let status = m.run().expect("the guest runs to its exit");
+    let text = out.text();
+    eprintln!("{text}\n{}", m.exit_report());
+    assert_eq!(status, 0, "failed checks:\n{text}");
+    // The data path never entered the VMM.
+    let notify = m.virtio_devices()[0]
+        .stats
+        .notify
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(notify, 0, "{}", m.exit_report());
+    text
+}
+
+fn assert_disk_checks(text: &str, seed_before: u64) {
+    for check in [
+        format!("virtio-blk 00:03.0 holds seed {seed_before} from before"),
+        "virtio-blk 00:03.0 stamped set verifies".into(),
+        "virtio-blk 00:03.0 queue 0 interrupt arrives on vector 0x40".into(),
+        "virtio-blk 00:03.0 queue 1 interrupt arrives on vector 0x41".into(),
+        "virtio-blk 00:03.0 flush OK".into(),
+        "virtio-blk 00:03.0 read past the end gets IOERR".into(),
+        "virtio-blk 00:03.0 device reset and re-initialisation".into(),
+        "virtio-blk 00:03.0 sector 0 reads back after the reset".into(),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok ") && l.contains(&check)),
+            "no passing {check:?}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn our_frontend_serves_the_probe_from_qemu_storage_daemon() {
+    let (image, sock) = pattern_disk("qsd-probe", 41);
+    let _d = qemu_storage_daemon(&image, &sock);
+    wait_socket(&sock);
+    let text = probe_on(&sock, "blk-verify=41 blk-seed=42");
+    assert_disk_checks(&text, 41);
+    let disk = std::fs::read(&image).unwrap();
+    assert_eq!(
+        testkit::pattern::mismatches(&disk, 41, Some(42)),
+        Vec::<u64>::new()
+    );
+}
+
+#[test]
+fn our_frontend_serves_the_probe_from_our_daemon() {
+    let (image, sock) = pattern_disk("ours-probe", 51);
+    let _d = our_daemon(&image, &sock);
+    wait_socket(&sock);
+    let text = probe_on(&sock, "blk-verify=51 blk-seed=52");
+    assert_disk_checks(&text, 51);
+    assert!(text.contains("serial=\"ours\""), "GET_ID:\n{text}");
+    let disk = std::fs::read(&image).unwrap();
+    assert_eq!(
+        testkit::pattern::mismatches(&disk, 51, Some(52)),
+        Vec::<u64>::new()
     );
 }

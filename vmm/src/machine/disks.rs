@@ -115,7 +115,7 @@ impl Machine {
             threads.push(self.add_iothread(&name)?);
         }
         let blk = Blk::new(engine, d.num_queues, d.queue_size, threads);
-        self.plug(&name, Box::new(blk)).map_err(|e| bad(e))?;
+        self.plug(&name, Box::new(blk)).map_err(bad)?;
         Ok(name)
     }
 
