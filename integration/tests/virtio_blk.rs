@@ -254,3 +254,19 @@ fn bad_disk_options_end_the_vmm_with_an_error_naming_them() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("iothread \"nope\" is not defined"), "{err}");
 }
+
+#[test]
+fn an_o_direct_disk_passes_the_same_checks() {
+    let img = Image::new("direct", 13);
+    let (mut m, out) = machine("blk-verify=13 blk-seed=14");
+    m.add_disk(&DiskConfig {
+        direct: true,
+        num_queues: 2,
+        ..disk(&img.0, "direct")
+    })
+    .unwrap();
+    let text = run(&mut m, &out);
+    assert_passed(&text, "virtio-blk 00:03.0 holds seed 13 from before");
+    assert_passed(&text, "virtio-blk 00:03.0 stamped set verifies");
+    assert_eq!(img.mismatches(13, Some(14)), Vec::<u64>::new());
+}
