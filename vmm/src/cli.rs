@@ -13,7 +13,9 @@ usage: vmm [options]
   --initrd PATH      initial ramdisk
   --cmdline TEXT     kernel command line (default: console=ttyS0, and
                      probe=none for the built-in probe)
-  --memory SIZE      guest RAM, e.g. 512M or 2G (default 512M)
+  --memory SIZE      guest RAM, e.g. 512M or 2G (default 512M), or
+                     size=512M,hotplug_size=4G,slots=8 for memory hotplug
+                     (device memory above RAM with DIMM slots)
   --cpus N           vCPUs, 1 to 64 (default 1)
   --serial WHERE     COM1 output: stdout (default), file=PATH, or none
   --iothread id=ID   an iothread (an epoll thread that serves device queues)
@@ -46,6 +48,9 @@ pub struct Options {
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
     pub memory: u64,
+    /// Device memory for DIMMs (`hotplug_size=`), and its slots.
+    pub hotplug_size: u64,
+    pub slots: usize,
     pub cpus: u8,
     pub serial: Serial,
     pub iothreads: Vec<String>,
@@ -61,6 +66,8 @@ impl Default for Options {
             initrd: None,
             cmdline: None,
             memory: 512 << 20,
+            hotplug_size: 0,
+            slots: 0,
             cpus: 1,
             serial: Serial::Stdout,
             iothreads: Vec::new(),
@@ -77,7 +84,7 @@ pub enum CliError {
     Missing(String),
     #[error("unknown option {0:?} (see --help)")]
     Unknown(String),
-    #[error("--memory: {0:?} is not a size (use e.g. 512M or 2G)")]
+    #[error("--memory: {0:?} is not a size (use e.g. 512M, 2G, or size=512M,hotplug_size=4G,slots=8 with both or neither of hotplug_size and slots)")]
     Size(String),
     #[error("--cpus: {0:?} is not a number from 1 to 64")]
     Cpus(String),
@@ -128,7 +135,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
             "--cmdline" => o.cmdline = Some(value(&name)?),
             "--memory" => {
                 let v = value(&name)?;
-                o.memory = parse_size(&v).ok_or(CliError::Size(v))?;
+                if v.contains('=') {
+                    parse_memory(&v, &mut o)?;
+                } else {
+                    o.memory = parse_size(&v).ok_or(CliError::Size(v))?;
+                }
             }
             "--cpus" => {
                 let v = value(&name)?;
@@ -179,6 +190,36 @@ fn on_off(key: &str, v: &str) -> Result<bool, CliError> {
         "off" | "false" | "no" => Ok(false),
         _ => Err(CliError::Disk(format!("{key}={v:?} is not on or off"))),
     }
+}
+
+/// `size=512M,hotplug_size=4G,slots=8` (QEMU's `-m 512M,maxmem=...,slots=`
+/// in our own words; `maxmem=` is accepted as RAM + device memory).
+fn parse_memory(s: &str, o: &mut Options) -> Result<(), CliError> {
+    let bad = || CliError::Size(s.to_string());
+    let mut maxmem = None;
+    for item in s.split(',') {
+        let (k, v) = item.split_once('=').ok_or_else(bad)?;
+        match k {
+            "size" => o.memory = parse_size(v).ok_or_else(bad)?,
+            "hotplug_size" => o.hotplug_size = parse_size(v).ok_or_else(bad)?,
+            "maxmem" => maxmem = Some(parse_size(v).ok_or_else(bad)?),
+            "slots" => {
+                o.slots = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=256).contains(n))
+                    .ok_or_else(bad)?
+            }
+            _ => return Err(bad()),
+        }
+    }
+    if let Some(m) = maxmem {
+        o.hotplug_size = m.checked_sub(o.memory).ok_or_else(bad)?;
+    }
+    if (o.hotplug_size > 0) != (o.slots > 0) {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 /// `path=...,readonly=on,iothread=io0,num_queues=2,queue_size=256,serial=S`.
@@ -353,6 +394,26 @@ mod tests {
             p(&["--iothread", "io0"]),
             Err(CliError::IoThread("io0".into()))
         );
+    }
+
+    #[test]
+    fn memory_with_hotplug_parses_and_half_settings_are_refused() {
+        let o = p(&["--memory", "size=256M,hotplug_size=4G,slots=8"]).unwrap();
+        assert_eq!((o.memory, o.hotplug_size, o.slots), (256 << 20, 4 << 30, 8));
+        let o = p(&["--memory=size=1G,maxmem=3G,slots=2"]).unwrap();
+        assert_eq!(o.hotplug_size, 2 << 30);
+        for bad in [
+            "size=1G,slots=2",
+            "size=1G,hotplug_size=1G",
+            "size=1G,slots=999",
+            "colour=1",
+        ] {
+            assert_eq!(
+                p(&["--memory", bad]),
+                Err(CliError::Size(bad.into())),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

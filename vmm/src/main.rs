@@ -96,6 +96,9 @@ fn run(opts: Options) -> anyhow::Result<u32> {
     };
     let mut machine = Machine::new(cfg)?;
     machine.attach_console(out)?;
+    if opts.hotplug_size > 0 {
+        machine.enable_memory_hotplug(opts.hotplug_size, opts.slots)?;
+    }
     for id in &opts.iothreads {
         machine.add_iothread(id)?;
     }

@@ -7,7 +7,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use log::{error, warn};
+use log::{error, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{
@@ -17,7 +17,9 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueOwnedT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -186,6 +188,14 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn update_memory(&self, mem: Memory) -> io::Result<()> {
+        // One line per change, for tests and operators: what guest memory
+        // this backend can reach by DMA.
+        let table: Vec<String> = mem
+            .memory()
+            .iter()
+            .map(|r| format!("{:#x}+{:#x}", r.start_addr().0, r.len()))
+            .collect();
+        info!("blk{} memory table: [{}]", self.index, table.join(" "));
         *self.memory.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem);
         Ok(())
     }

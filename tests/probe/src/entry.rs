@@ -7,8 +7,8 @@
 //!    whose 32 exception gates report `0x100 | vector` on the debug-exit
 //!    port, so a fault ends the run with a recognisable status;
 //! 2. enables SSE (CR0.MP, CR4.OSFXSR/OSXMMEXCPT) for compiled ring-3 code;
-//! 3. switches to its own page tables: an identity map of the first 4 GiB
-//!    in 2 MiB pages, all user-accessible, the top GiB (PCI hole, IOAPIC,
+//! 3. switches to its own page tables: an identity map of the first 8 GiB
+//!    in 2 MiB pages, all user-accessible, the GiB below 4 GiB (PCI hole, IOAPIC,
 //!    local APIC at 0xfee00000) uncached. The tables are built by the
 //!    assembler into .data, so setting them up costs no instructions;
 //! 4. `iretq`s to ring 3 with IOPL 3 and interrupts off and calls
@@ -246,18 +246,20 @@ tss_array:
 io_bitmap:
     .fill 8192, 1, 0            /* every port allowed */
     .byte 0xff                  /* the terminator the CPU reads past the end */
-    /* Identity map of 0..4 GiB in 2 MiB pages, user-accessible. */
+    /* Identity map of 0..8 GiB in 2 MiB pages, user-accessible: RAM and
+       the PCI hole below 4 GiB, hot-added DIMMs from 4 GiB up. */
     .section .data.pagetables, "aw"
     .balign 4096
 pml4:
     .quad pdpt + 0x7
     .fill 511, 8, 0
 pdpt:
-    .quad pd + 0x7
-    .quad pd + 0x1000 + 0x7
-    .quad pd + 0x2000 + 0x7
-    .quad pd + 0x3000 + 0x7
-    .fill 508, 8, 0
+    .set table, 0
+    .rept 8
+    .quad pd + table + 0x7
+    .set table, table + 0x1000
+    .endr
+    .fill 504, 8, 0
 pd:
     .set page, 0
     .rept 3 * 512
@@ -266,6 +268,10 @@ pd:
     .endr
     .rept 512
     .quad page + 0x9f           /* P, RW, US, PWT, PCD, PS: uncached */
+    .set page, page + 0x200000
+    .endr
+    .rept 4 * 512
+    .quad page + 0x87           /* 4-8 GiB: write-back */
     .set page, page + 0x200000
     .endr
 

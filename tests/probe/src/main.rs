@@ -12,7 +12,8 @@
 //! `reset` resets through 0xcf9 once and checks the second boot; `s5`
 //! powers off through ACPI instead of the debug-exit port when all passed;
 //! `smp-memloop` runs the memory loop on AP 1 while the BSP switches PAM.
-//! `cpus=N` says how many vCPUs to expect.
+//! `cpus=N` says how many vCPUs to expect. `dimm` waits for a hot-added
+//! DIMM, uses it (CPU and disk DMA), and ejects it when the host asks.
 
 #![no_std]
 #![no_main]
@@ -21,6 +22,7 @@ mod acpi;
 mod blk;
 mod bootparams;
 mod cmdline;
+mod dimm;
 mod entry;
 mod mem;
 mod memloop;
@@ -53,6 +55,9 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     acpi::run(boot_params, cpus);
     let smp_loop = cmdline.selects("smp-memloop").then(|| cmdline.number("memloop").unwrap_or(1_000_000));
     smp::run(cpus, smp_loop);
+    if cmdline.selects("dimm") {
+        dimm::run();
+    }
     if cmdline.selects("reset") {
         reset::run(cmdline.selects("kbd"));
     }

@@ -3,6 +3,8 @@
 pub mod disks;
 pub mod dispatch;
 pub mod guest_ram;
+pub mod hotplug;
+pub mod hotplug_setup;
 pub mod layout;
 pub mod pam;
 pub mod pc;

@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, AcpiConfig};
 use crate::boot::{self, BootSpec, CpuTemplate, E820Entry, E820Kind};
+use crate::devices::gpe::SciLine;
 use crate::devices::legacy::{
     cmos, debug_exit, pm, reset_ports, serial, Cmos, DebugExit, I8042Data, Pm1, PortA, Serial,
     I8042,
@@ -33,6 +34,8 @@ use crate::memory::{AddressSpace, ListenerId, Memory, MemoryError, MemoryRegion}
 use crate::pci::i440fx::{HostBridge, IsaBridge};
 use crate::pci::{ConfigIo, PciBus, PciError, CONFIG_PORT, CONFIG_PORTS};
 use crate::virtio::VirtioPci;
+
+use super::hotplug::Hotplug;
 
 use super::dispatch::{Dispatch, ExitStats};
 use super::guest_ram::{guest_memory, GuestRamError};
@@ -145,6 +148,10 @@ pub struct Machine {
     pub(super) disks: usize,
     /// The `vhost` listeners of vhost-user devices.
     pub(super) vhost_user: Vec<ListenerId>,
+    /// The ACPI SCI, driven on whichever VM runs.
+    pub(super) sci: Arc<SciLine>,
+    /// Memory hotplug, once enabled.
+    pub(super) hotplug: Option<Arc<Hotplug>>,
     vcpu_slot: Arc<ArcSwapOption<VcpuSet>>,
     running: Option<Running>,
     /// How many times the guest was started (1 + reboots).
@@ -233,6 +240,8 @@ impl Machine {
             virtio: Vec::new(),
             disks: 0,
             vhost_user: Vec::new(),
+            sci: Arc::default(),
+            hotplug: None,
             vcpu_slot: Arc::default(),
             running: None,
             boots: 0,
@@ -301,6 +310,7 @@ impl Machine {
             .switch(KvmRouting::new(vm.fd().clone()))
             .map_err(|e| MachineError::Config(format!("MSI routes on the new VM: {e}")));
         let res = res.and_then(|()| self.register_kvm(&vm, &mut listeners));
+        self.sci.attach(Some(vm.fd().clone()));
         let res = res.and_then(|()| self.boot_vcpus(&vm));
         match res {
             Ok((vcpus, events)) => {
@@ -396,10 +406,7 @@ impl Machine {
         let cfg = AcpiConfig {
             cpus: self.cfg.cpus,
             pci_hole: (self.pc.below_4g.max(0x1000_0000), 0xfec0_0000),
-            pci_window64: (
-                crate::machine::layout::FOUR_GIB + self.pc.above_4g + (1 << 30),
-                1 << 40,
-            ),
+            pci_window64: (self.pci64_start(), 1 << 40),
         };
         let (pieces, rsdp) = acpi::build(&cfg);
         for (at, bytes) in pieces {
@@ -424,6 +431,7 @@ impl Machine {
             self.unregister(r.listeners);
             // Between VMs routes are kept and replayed on the next one.
             let _ = self.router.switch(KvmRouting::detached());
+            self.sci.attach(None);
         }
     }
 

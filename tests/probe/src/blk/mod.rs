@@ -11,10 +11,11 @@
 mod bench;
 mod checks;
 mod dev;
-mod mmio;
-mod pattern;
+pub mod dimm_dma;
+pub mod mmio;
+pub mod pattern;
 mod req;
-mod timer;
+pub mod timer;
 mod transport;
 mod virtq;
 

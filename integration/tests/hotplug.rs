@@ -1,0 +1,220 @@
+//! Memory hotplug end to end: one transaction brings a DIMM to KVM, to the
+//! in-process virtio-blk device's DMA view and to the vhost-user-blk
+//! daemon's memory table; the probe guest finds it through the ACPI
+//! hotplug registers, writes it, has every disk DMA out of and into it,
+//! and ejects it when asked; then nothing of the DIMM remains.
+//!
+//! Needs /dev/kvm; a test fails (does not skip) without it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use testkit::process::Captured;
+use vmm::machine::hotplug::HotplugEvent;
+use vmm::machine::{DiskConfig, Machine, MachineConfig, VhostUserBlkConfig};
+use vmm::memory::mtree::info_mtree_flat;
+
+const SECTORS: u64 = 131_072;
+const DIMM: u64 = 128 << 20;
+
+/// Our vhost-user-blk daemon, with its log (memory-table lines) collected.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(image: &Path, sock: &Path) -> Daemon {
+        let mut child = Command::new(testkit::process::binary("vhost-user-blk"))
+            .args(["--socket", sock.to_str().unwrap()])
+            .args(["--image", image.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the vhost-user-blk binary");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (err, l2) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let start = Instant::now();
+        while !sock.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no daemon socket"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Daemon { child, log }
+    }
+
+    /// The regions of the daemon's latest memory table, as "gpa+size".
+    fn table(&self) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        let line = log
+            .iter()
+            .rev()
+            .find(|l| l.contains("memory table: ["))
+            .cloned()
+            .unwrap_or_default();
+        let inner = line
+            .split("memory table: [")
+            .nth(1)
+            .unwrap_or("")
+            .trim_end_matches(']');
+        inner.split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// Waits until the latest table satisfies `ok`.
+    fn wait_table(&self, ok: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let t = self.table();
+            if ok(&t) || start.elapsed() > Duration::from_secs(10) {
+                return t;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmm-hotplug-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn wait_output(out: &Captured, what: &str) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if out.text().contains(what) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn a_dimm_reaches_kvm_the_iothread_device_and_the_daemon_then_leaves_them_all() {
+    assert!(Path::new("/dev/kvm").exists(), "this test needs /dev/kvm");
+    let dir = scratch("three");
+    let (disk, remote, sock) = (dir.join("a.img"), dir.join("b.img"), dir.join("vub.sock"));
+    for p in [&disk, &remote] {
+        std::fs::write(p, testkit::pattern::image(3, SECTORS)).unwrap();
+    }
+    let daemon = Daemon::start(&remote, &sock);
+
+    let mut m = Machine::new(MachineConfig {
+        memory: 256 << 20,
+        cpus: 1,
+        kernel: testkit::probe::build().expect("the probe builds"),
+        cmdline: "console=ttyS0 probe=none probe=dimm blk-seed=4".into(),
+        initrd: None,
+        atomic_memslots: true,
+        aps_at_entry: true,
+    })
+    .unwrap();
+    let out = Captured::default();
+    m.attach_console(Box::new(out.clone())).unwrap();
+    let hp = m.enable_memory_hotplug(1 << 30, 4).unwrap();
+    m.add_disk(&DiskConfig {
+        path: disk.clone(),
+        ..DiskConfig::default()
+    })
+    .unwrap();
+    m.add_vhost_user_blk(&VhostUserBlkConfig {
+        socket: sock.clone(),
+        ..VhostUserBlkConfig::default()
+    })
+    .unwrap();
+    let (tx, events) = mpsc::channel();
+    hp.set_sink(Arc::new(move |e| {
+        let _ = tx.send(e);
+    }));
+    let before = daemon.table();
+    assert!(!before.is_empty(), "the daemon got guest RAM");
+
+    let memory = m.memory.clone();
+    let host = {
+        let out = out.clone();
+        std::thread::spawn(move || -> Result<(), String> {
+            if !wait_output(&out, "dimm: waiting") {
+                return Err("the probe never waited for a DIMM".into());
+            }
+            hp.object_add_memfd("mem1", DIMM)?;
+            let info = hp.device_add_dimm("dimm1", "mem1", Some(0))?;
+            let flat = info_mtree_flat(&memory);
+            if !flat.contains("mem1") {
+                return Err(format!("info mtree -f lacks the DIMM:\n{flat}"));
+            }
+            let dimm = format!("{:#x}+{:#x}", info.addr, info.size);
+            let t = daemon.wait_table(|t| t.contains(&dimm));
+            if !t.contains(&dimm) {
+                return Err(format!("the daemon's table lacks {dimm}: {t:?}"));
+            }
+            if !wait_output(&out, "dimm: used") {
+                return Err("the probe never used the DIMM".into());
+            }
+            hp.device_del("dimm1")?;
+            // ACPI_DEVICE_OST events (the guest's _OST) come and go first.
+            loop {
+                match events.recv_timeout(Duration::from_secs(60)) {
+                    Ok(HotplugEvent::DeviceDeleted { id }) if id == "dimm1" => break,
+                    Ok(HotplugEvent::AcpiOst { .. }) => continue,
+                    other => return Err(format!("expected DEVICE_DELETED, got {other:?}")),
+                }
+            }
+            let flat = info_mtree_flat(&memory);
+            if flat.contains("mem1") {
+                return Err(format!("info mtree -f still shows the DIMM:\n{flat}"));
+            }
+            let t = daemon.wait_table(|t| !t.contains(&dimm));
+            if t.contains(&dimm) || t != before {
+                return Err(format!(
+                    "the daemon still has the DIMM: {t:?} (before {before:?})"
+                ));
+            }
+            if !hp.dimms().is_empty() {
+                return Err("query-memory-devices still lists the DIMM".into());
+            }
+            Ok(())
+        })
+    };
+    let status = m.run().expect("the guest runs to its exit");
+    let text = out.text();
+    eprintln!("{text}\n{}", m.exit_report());
+    host.join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(status, 0, "failed checks:\n{text}");
+    for check in [
+        "dimm: a DIMM is announced",
+        "dimm: CPU writes to the DIMM read back",
+        "virtio-blk 00:03.0 DMA from and into the DIMM verifies",
+        "virtio-blk 00:04.0 DMA from and into the DIMM verifies",
+        "dimm: the host asks for removal",
+        "dimm: ejected, the slot is empty",
+        "dimm: the memory is gone after eject",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok ") && l.contains(check)),
+            "no passing {check:?}:\n{text}"
+        );
+    }
+}
