@@ -29,9 +29,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(image: &Path, sock: &Path) -> Daemon {
+        Self::start_with(image, sock, 509)
+    }
+
+    fn start_with(image: &Path, sock: &Path, slots: usize) -> Daemon {
+        let _ = std::fs::remove_file(sock);
         let mut child = Command::new(testkit::process::binary("vhost-user-blk"))
             .args(["--socket", sock.to_str().unwrap()])
             .args(["--image", image.to_str().unwrap()])
+            .args(["--max-mem-slots", &slots.to_string()])
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
@@ -71,6 +77,20 @@ impl Daemon {
         inner.split_whitespace().map(str::to_owned).collect()
     }
 
+    /// The table once the log has been quiet for a while (the stderr reader
+    /// may lag behind the daemon's acknowledgements).
+    fn settled(&self) -> Vec<String> {
+        let mut last = (self.log.lock().unwrap().len(), Instant::now());
+        while last.1.elapsed() < Duration::from_millis(300) {
+            std::thread::sleep(Duration::from_millis(20));
+            let n = self.log.lock().unwrap().len();
+            if n != last.0 {
+                last = (n, Instant::now());
+            }
+        }
+        self.table()
+    }
+
     /// Waits until the latest table satisfies `ok`.
     fn wait_table(&self, ok: impl Fn(&[String]) -> bool) -> Vec<String> {
         let start = Instant::now();
@@ -98,6 +118,23 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+fn probe_machine(cmdline: &str) -> (Machine, Captured) {
+    assert!(Path::new("/dev/kvm").exists(), "this test needs /dev/kvm");
+    let mut m = Machine::new(MachineConfig {
+        memory: 256 << 20,
+        cpus: 1,
+        kernel: testkit::probe::build().expect("the probe builds"),
+        cmdline: format!("console=ttyS0 probe=none {cmdline}"),
+        initrd: None,
+        atomic_memslots: true,
+        aps_at_entry: true,
+    })
+    .unwrap();
+    let out = Captured::default();
+    m.attach_console(Box::new(out.clone())).unwrap();
+    (m, out)
+}
+
 fn wait_output(out: &Captured, what: &str) -> bool {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(60) {
@@ -119,18 +156,7 @@ fn a_dimm_reaches_kvm_the_iothread_device_and_the_daemon_then_leaves_them_all() 
     }
     let daemon = Daemon::start(&remote, &sock);
 
-    let mut m = Machine::new(MachineConfig {
-        memory: 256 << 20,
-        cpus: 1,
-        kernel: testkit::probe::build().expect("the probe builds"),
-        cmdline: "console=ttyS0 probe=none probe=dimm blk-seed=4".into(),
-        initrd: None,
-        atomic_memslots: true,
-        aps_at_entry: true,
-    })
-    .unwrap();
-    let out = Captured::default();
-    m.attach_console(Box::new(out.clone())).unwrap();
+    let (mut m, out) = probe_machine("probe=dimm blk-seed=4");
     let hp = m.enable_memory_hotplug(1 << 30, 4).unwrap();
     m.add_disk(&DiskConfig {
         path: disk.clone(),
@@ -146,7 +172,7 @@ fn a_dimm_reaches_kvm_the_iothread_device_and_the_daemon_then_leaves_them_all() 
     hp.set_sink(Arc::new(move |e| {
         let _ = tx.send(e);
     }));
-    let before = daemon.table();
+    let before = daemon.settled();
     assert!(!before.is_empty(), "the daemon got guest RAM");
 
     let memory = m.memory.clone();
@@ -217,4 +243,83 @@ fn a_dimm_reaches_kvm_the_iothread_device_and_the_daemon_then_leaves_them_all() 
             "no passing {check:?}:\n{text}"
         );
     }
+}
+
+#[test]
+fn a_backend_without_a_free_slot_refuses_the_dimm_and_nothing_of_it_remains() {
+    let dir = scratch("rollback");
+    let (remote, sock) = (dir.join("b.img"), dir.join("vub.sock"));
+    std::fs::write(&remote, testkit::pattern::image(3, SECTORS)).unwrap();
+    // How many regions guest RAM takes in a memory table: that many slots
+    // and not one more.
+    let needed = {
+        let daemon = Daemon::start(&remote, &sock);
+        let (mut m, _) = probe_machine("");
+        m.add_vhost_user_blk(&VhostUserBlkConfig {
+            socket: sock.clone(),
+            ..VhostUserBlkConfig::default()
+        })
+        .unwrap();
+        daemon.settled().len()
+    };
+    let daemon = Daemon::start_with(&remote, &sock, needed);
+    let (mut m, out) = probe_machine("probe=dimm");
+    let hp = m.enable_memory_hotplug(1 << 30, 4).unwrap();
+    m.add_vhost_user_blk(&VhostUserBlkConfig {
+        socket: sock.clone(),
+        ..VhostUserBlkConfig::default()
+    })
+    .unwrap();
+    let before = daemon.settled();
+    assert_eq!(before.len(), needed);
+    let memory = m.memory.clone();
+    let dma = m.dma_view().clone();
+    let requests = m.requests.clone();
+    let host = std::thread::spawn(move || -> Result<(), String> {
+        if !wait_output(&out, "dimm: waiting") {
+            return Err("the probe never waited for a DIMM".into());
+        }
+        hp.object_add_memfd("mem1", DIMM)?;
+        let err = match hp.device_add_dimm("dimm1", "mem1", None) {
+            Ok(d) => return Err(format!("device_add succeeded: {d:?}")),
+            Err(e) => e,
+        };
+        let result = (|| {
+            // vhost-user's REPLY_ACK carries no reason; the daemon logs it.
+            if !(err.contains("vhost:vhost-user-blk0") && err.contains("refused ADD_MEM_REG")) {
+                return Err(format!(
+                    "the error names neither listener nor reason: {err}"
+                ));
+            }
+            let flat = info_mtree_flat(&memory);
+            if flat.contains("mem1") {
+                return Err(format!("info mtree -f shows the refused DIMM:\n{flat}"));
+            }
+            use vm_memory::GuestMemoryBackend;
+            let at = vm_memory::GuestAddress(hp.base);
+            if dma.snapshot().address_in_range(at) {
+                return Err("the DMA view still reaches the DIMM".into());
+            }
+            let t = daemon.settled();
+            if t != before {
+                return Err(format!(
+                    "the daemon's table changed: {t:?} (before {before:?})"
+                ));
+            }
+            if !hp.dimms().is_empty() || hp.dev.slots().iter().any(|s| s.status != 0) {
+                return Err("a slot or a DIMM record remains".into());
+            }
+            // The backend is free again once nothing is plugged.
+            hp.object_del("mem1")
+        })();
+        requests.raise(vmm::machine::Request::Stop(0));
+        let said = daemon.log.lock().unwrap().join("\n");
+        if !said.contains("refusing a memory table") {
+            return Err(format!("the daemon did not log why:\n{said}"));
+        }
+        result.map_err(|e| format!("{e} (device_add said: {err})"))
+    });
+    let status = m.run().expect("the machine runs until stopped");
+    host.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status, 0);
 }

@@ -9,7 +9,10 @@ use vmm_backends::block::{BlockEngine, ImageOptions};
 use vmm_backends::vhost_user_blk::{open_engine, serve, ServerOptions};
 
 const USAGE: &str = "usage: vhost-user-blk --socket PATH --image PATH [--readonly] \
-[--num-queues N] [--queue-size N] [--direct] [--serial S]";
+[--num-queues N] [--queue-size N] [--direct] [--serial S] [--max-mem-slots N]
+
+--max-mem-slots N  refuse a memory table of more than N regions (default
+                   509, the protocol's limit): a backend out of slots.";
 
 fn parse_args(args: &[String]) -> Result<ServerOptions> {
     let mut socket = None;
@@ -17,6 +20,7 @@ fn parse_args(args: &[String]) -> Result<ServerOptions> {
     let mut image_options = ImageOptions::default();
     let mut num_queues: u16 = 1;
     let mut queue_size: u16 = 256;
+    let mut max_mem_slots: usize = 509;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| {
@@ -48,6 +52,14 @@ fn parse_args(args: &[String]) -> Result<ServerOptions> {
                         anyhow!("option --queue-size: {v:?} is not a power of two up to 32768")
                     })?;
             }
+            "--max-mem-slots" => {
+                let v = value("--max-mem-slots")?;
+                max_mem_slots = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=509).contains(n))
+                    .ok_or_else(|| anyhow!("option --max-mem-slots: {v:?} is not in 1..=509"))?;
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -56,6 +68,7 @@ fn parse_args(args: &[String]) -> Result<ServerOptions> {
         }
     }
     Ok(ServerOptions {
+        max_mem_slots,
         socket: socket.ok_or_else(|| anyhow!("option --socket is required"))?,
         image: image.ok_or_else(|| anyhow!("option --image is required"))?,
         image_options,

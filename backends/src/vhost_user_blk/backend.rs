@@ -63,6 +63,10 @@ pub struct BlkBackend {
     memory: Mutex<Option<Memory>>,
     exits: Mutex<Vec<EventNotifier>>,
     index: usize,
+    /// Regions the memory table may hold.
+    max_regions: usize,
+    /// The table last accepted, to restore when one is refused.
+    accepted: Mutex<GuestMemoryMmap>,
 }
 
 thread_local! {
@@ -82,7 +86,15 @@ impl BlkBackend {
             memory: Mutex::new(None),
             exits: Mutex::new(Vec::new()),
             index,
+            max_regions: 509,
+            accepted: Mutex::new(GuestMemoryMmap::new()),
         }
+    }
+
+    /// Refuses memory tables of more than `n` regions.
+    pub fn with_max_regions(mut self, n: usize) -> Self {
+        self.max_regions = n;
+        self
     }
 
     /// Tells every worker thread to exit.
@@ -188,6 +200,29 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn update_memory(&self, mem: Memory) -> io::Result<()> {
+        let regions = mem.memory().num_regions();
+        if regions > self.max_regions {
+            // The library has already put the new table in place (`mem`
+            // is its own); put the accepted one back, so that the refused
+            // region is unmapped here and nothing of it remains.
+            let accepted = self
+                .accepted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            mem.lock()
+                .map_err(|_| io::Error::other("memory table lock poisoned"))?
+                .replace(accepted);
+            warn!(
+                "blk{}: refusing a memory table of {regions} regions (at most {})",
+                self.index, self.max_regions
+            );
+            return Err(io::Error::other(format!(
+                "no free memory slot: {regions} regions, at most {}",
+                self.max_regions
+            )));
+        }
+        *self.accepted.lock().unwrap_or_else(|e| e.into_inner()) = (*mem.memory()).clone();
         // One line per change, for tests and operators: what guest memory
         // this backend can reach by DMA.
         let table: Vec<String> = mem

@@ -38,6 +38,8 @@ pub struct ServerOptions {
     pub image_options: ImageOptions,
     pub num_queues: u16,
     pub queue_size: u16,
+    /// Memory-table regions the backend accepts.
+    pub max_mem_slots: usize,
 }
 
 /// Opens the image and the engine the daemon serves.
@@ -62,12 +64,10 @@ pub fn serve(options: &ServerOptions, engine: Arc<BlockEngine>) -> Result<(), Se
         .map_err(ServerError::Chmod)?;
     info!("vhost-user-blk listening on {path}");
     loop {
-        let backend = Arc::new(BlkBackend::new(
-            engine.clone(),
-            options.num_queues,
-            options.queue_size,
-            0,
-        ));
+        let backend = Arc::new(
+            BlkBackend::new(engine.clone(), options.num_queues, options.queue_size, 0)
+                .with_max_regions(options.max_mem_slots),
+        );
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new("blk0-main".into(), backend.clone(), memory)
             .map_err(|e| ServerError::Daemon(e.to_string()))?;

@@ -62,6 +62,11 @@ impl Machine {
         Ok(hp)
     }
 
+    /// Guest RAM as in-process devices reach it.
+    pub fn dma_view(&self) -> &crate::memory::dma::DmaView {
+        &self.dma
+    }
+
     pub fn hotplug(&self) -> Option<&Arc<Hotplug>> {
         self.hotplug.as_ref()
     }
