@@ -45,6 +45,21 @@ pub struct AcpiConfig {
     pub pci_hole: (u64, u64),
     /// The 64-bit PCI window [start, end).
     pub pci_window64: (u64, u64),
+    /// Memory hotplug: (slots, device-memory base, size); adds the MHPC
+    /// methods, the slot devices, `\_GPE._E03`, GPE0 in the FADT and a
+    /// SRAT whose node 1 is the (hotpluggable) device memory.
+    pub memory_hotplug: Option<(usize, u64, u64)>,
+    /// RAM below 4 GiB and above, for the SRAT.
+    pub ram: (u64, u64),
+}
+
+/// Raw AML bytes, to place inside a scope.
+struct Raw(Vec<u8>);
+
+impl Aml for Raw {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
 }
 
 /// MADT interrupt source override (type 2): ISA `source` on `gsi`.
@@ -119,17 +134,23 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     let c_crs = Name::new("_CRS".into(), &com1_crs);
     let com1 = Device::new("COM1".into(), vec![&c_hid, &c_uid, &c_crs]);
 
-    let sb = Scope::new("_SB_".into(), vec![&pci0, &com1]);
+    let (memhp_sb, memhp_gpe) = match cfg.memory_hotplug {
+        Some((slots, _, _)) => memhp::dsdt_parts(slots),
+        None => (Vec::new(), Vec::new()),
+    };
+    let memhp_sb = Raw(memhp_sb);
+    let sb = Scope::new("_SB_".into(), vec![&pci0, &com1, &memhp_sb]);
     let s5_pkg = Package::new(vec![&S5_TYPE, &S5_TYPE, &aml::ZERO, &aml::ZERO]);
     let s5 = Name::new("_S5_".into(), &s5_pkg);
     let mut body = bytes(&sb);
     body.extend(bytes(&s5));
+    body.extend(memhp_gpe);
     let mut t = acpi_tables::sdt::Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE, 1);
     t.append_slice(&body);
     t.as_slice().to_vec()
 }
 
-fn fadt(dsdt_addr: u64) -> Vec<u8> {
+fn fadt(dsdt_addr: u64, gpe0: bool) -> Vec<u8> {
     let mut f = FADTBuilder::new(OEM_ID, OEM_TABLE, 1)
         .dsdt_64(dsdt_addr)
         .flag(Flags::ResetRegSup)
@@ -145,6 +166,12 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     f.x_pm1a_evt_blk = gas_io(PM_BASE, 32, AccessSize::DwordAccess);
     f.x_pm1a_cnt_blk = gas_io(PM1_CNT, 16, AccessSize::WordAccess);
     f.x_pm_tmr_blk = gas_io(PM_TMR, 32, AccessSize::DwordAccess);
+    if gpe0 {
+        let port = crate::devices::gpe::PORT as u16;
+        f.gpe0_blk = u32::from(port).into();
+        f.gpe0_blk_len = crate::devices::gpe::SIZE as u8;
+        f.x_gpe0_blk = gas_io(port, 32, AccessSize::ByteAccess);
+    }
     f.reset_reg = gas_io(0xcf9, 8, AccessSize::ByteAccess);
     f.reset_value = 0x06;
     // IA-PC boot architecture: an 8042 is present.
@@ -175,6 +202,24 @@ fn madt(cpus: u8) -> Vec<u8> {
     )
 }
 
+/// SRAT: every vCPU and the boot RAM in node 0, the device-memory area
+/// hotpluggable in node 1 (so a DIMM can be its own node: its `_PXM`).
+fn srat(cfg: &AcpiConfig, base: u64, size: u64) -> Vec<u8> {
+    use acpi_tables::srat::{MemoryAffinity, SRAT};
+    let mut t = SRAT::new(OEM_ID, OEM_TABLE, 1);
+    let (low, high) = cfg.ram;
+    t.add_memory_affinity(MemoryAffinity::new(0, 0, low).enabled());
+    if high > 0 {
+        t.add_memory_affinity(MemoryAffinity::new(0, 1 << 32, high).enabled());
+    }
+    t.add_memory_affinity(MemoryAffinity::new(1, base, size).enabled().hotpluggable());
+    // Processor local APIC affinity (type 0): node 0, enabled.
+    let cpus: Vec<Vec<u8>> = (0..cfg.cpus)
+        .map(|id| vec![0, 16, 0, id, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        .collect();
+    append_entries(bytes(&t), &cpus)
+}
+
 /// The tables laid out from `TABLES_START`: (guest address, bytes) pieces,
 /// and the RSDP's address.
 pub fn build(cfg: &AcpiConfig) -> (Vec<(u64, Vec<u8>)>, u64) {
@@ -182,15 +227,22 @@ pub fn build(cfg: &AcpiConfig) -> (Vec<(u64, Vec<u8>)>, u64) {
     let rsdp_at = TABLES_START;
     let xsdt_at = align(rsdp_at + Rsdp::len() as u64);
     let dsdt_bytes = dsdt(cfg);
-    // The XSDT has two entries.
-    let dsdt_at = align(xsdt_at + 36 + 16);
+    // The XSDT has two or three entries.
+    let dsdt_at = align(xsdt_at + 36 + 24);
     let fadt_at = align(dsdt_at + dsdt_bytes.len() as u64);
-    let fadt_bytes = fadt(dsdt_at);
+    let fadt_bytes = fadt(dsdt_at, cfg.memory_hotplug.is_some());
     let madt_at = align(fadt_at + fadt_bytes.len() as u64);
     let madt_bytes = madt(cfg.cpus);
+    let srat_at = align(madt_at + madt_bytes.len() as u64);
+    let srat_bytes = cfg
+        .memory_hotplug
+        .map(|(_, base, size)| srat(cfg, base, size));
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE, 1);
     xsdt.add_entry(fadt_at);
     xsdt.add_entry(madt_at);
+    if srat_bytes.is_some() {
+        xsdt.add_entry(srat_at);
+    }
     let rsdp = Rsdp::new(OEM_ID, xsdt_at);
     let pieces = vec![
         (rsdp_at, bytes(&rsdp)),
@@ -199,8 +251,14 @@ pub fn build(cfg: &AcpiConfig) -> (Vec<(u64, Vec<u8>)>, u64) {
         (fadt_at, fadt_bytes),
         (madt_at, madt_bytes),
     ];
+    let mut pieces = pieces;
+    if let Some(b) = srat_bytes {
+        pieces.push((srat_at, b));
+    }
     (pieces, rsdp_at)
 }
+
+pub mod memhp;
 
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,8 @@ fn tables(cpus: u8) -> (Vec<(u64, Vec<u8>)>, u64) {
         cpus,
         pci_hole: (0x2000_0000, 0xfec0_0000),
         pci_window64: (1 << 36, 1 << 38),
+        memory_hotplug: None,
+        ram: (512 << 20, 0),
     })
 }
 
@@ -103,4 +105,66 @@ fn the_madt_has_a_local_apic_per_cpu_and_the_ioapic() {
         );
         assert_eq!(kinds.iter().filter(|k| **k == 4).count(), 1, "LINT1 NMI");
     }
+}
+
+/// Disassembles `table` with iasl (Debian's acpica-tools, which .ci/run
+/// installs) and returns the ASL text.
+fn disassemble(name: &str, table: &[u8]) -> String {
+    let dir = std::env::temp_dir().join(format!("vmm-acpi-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dat = dir.join(format!("{name}.dat"));
+    std::fs::write(&dat, table).unwrap();
+    let out = std::process::Command::new("iasl")
+        .current_dir(&dir)
+        .args(["-d", dat.to_str().unwrap()])
+        .output()
+        .expect("iasl (acpica-tools) must be installed");
+    let dsl = std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success() && !dsl.is_empty(),
+        "iasl failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dsl
+}
+
+#[test]
+fn memory_hotplug_aml_and_srat_disassemble_as_qemus_do() {
+    let (pieces, _) = build(&AcpiConfig {
+        cpus: 2,
+        pci_hole: (0x2000_0000, 0xfec0_0000),
+        pci_window64: (1 << 36, 1 << 38),
+        memory_hotplug: Some((4, 1 << 32, 1 << 30)),
+        ram: (512 << 20, 0),
+    });
+    let table = |sig: &[u8]| {
+        pieces
+            .iter()
+            .find(|(_, b)| &b[..4] == sig)
+            .map(|(_, b)| b.clone())
+            .expect("the table is there")
+    };
+    let dsdt = disassemble("dsdt", &table(b"DSDT"));
+    for want in [
+        "Device (MHPC)",
+        "OperationRegion (HPMR, SystemIO, 0x0A00, 0x18)",
+        "Method (MSCN, 0, Serialized)",
+        "Method (MCRS, 1, Serialized)",
+        "Device (MP03)",
+        "EisaId (\"PNP0C80\") /* Memory Device */",
+        "Notify (MP02, Arg1)",
+        "Method (_E03, 0, NotSerialized)",
+        "\\_SB.MHPC.MSCN ()",
+        "\\_SB.MHPC.MEJ0 (Zero, Arg0)",
+    ] {
+        assert!(dsdt.contains(want), "no {want:?} in:\n{dsdt}");
+    }
+    let srat = disassemble("srat", &table(b"SRAT"));
+    assert!(srat.contains("Hot Pluggable : 1"), "{srat}");
+    assert!(srat.contains("Proximity Domain : 00000001"), "{srat}");
+    let fadt = table(b"FACP");
+    assert_eq!(u32_at(&fadt, 80), 0xafe0, "GPE0_BLK");
+    assert_eq!(fadt[92], 4, "GPE0_BLK_LEN");
 }

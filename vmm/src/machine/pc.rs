@@ -407,6 +407,11 @@ impl Machine {
             cpus: self.cfg.cpus,
             pci_hole: (self.pc.below_4g.max(0x1000_0000), 0xfec0_0000),
             pci_window64: (self.pci64_start(), 1 << 40),
+            memory_hotplug: self
+                .hotplug
+                .as_ref()
+                .map(|h| (h.dev.slots().len(), h.base, h.size)),
+            ram: (self.pc.below_4g, self.pc.above_4g),
         };
         let (pieces, rsdp) = acpi::build(&cfg);
         for (at, bytes) in pieces {
