@@ -8,7 +8,8 @@
 //! a kick can never overtake a memory-table update.
 
 use std::os::unix::fs::FileTypeExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -76,6 +77,11 @@ pub struct VringSetup<'a> {
 pub struct BackendConn {
     conn: Arc<Mutex<Frontend>>,
     pub negotiated: Negotiated,
+    /// False while the backend is gone: sinks then accept memory-table
+    /// changes without sending them (the table is replayed on reconnect).
+    connected: Arc<AtomicBool>,
+    path: PathBuf,
+    max_queues: u64,
 }
 
 /// The protocol features this frontend uses when the backend has them.
@@ -104,50 +110,97 @@ pub fn wait_for_socket(path: &Path, timeout: Duration) -> Result<(), FrontendErr
     }
 }
 
+fn handshake(
+    path: &Path,
+    max_queues: u64,
+    timeout: Duration,
+) -> Result<(Frontend, Negotiated), FrontendError> {
+    wait_for_socket(path, timeout)?;
+    let mut f = Frontend::connect(path, max_queues).map_err(|source| FrontendError::Connect {
+        path: path.display().to_string(),
+        source,
+    })?;
+    f.set_owner().map_err(refused("SET_OWNER"))?;
+    let features = f.get_features().map_err(refused("GET_FEATURES"))?;
+    let proto_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+    if features & proto_bit == 0 {
+        return Err(FrontendError::Lacks("VHOST_USER_F_PROTOCOL_FEATURES"));
+    }
+    let theirs = f
+        .get_protocol_features()
+        .map_err(refused("GET_PROTOCOL_FEATURES"))?;
+    let protocol = theirs & wanted_protocol();
+    f.set_protocol_features(protocol)
+        .map_err(refused("SET_PROTOCOL_FEATURES"))?;
+    let queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
+        f.get_queue_num().map_err(refused("GET_QUEUE_NUM"))?
+    } else {
+        1
+    };
+    let max_mem_slots = if protocol.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS) {
+        f.get_max_mem_slots()
+            .map_err(refused("GET_MAX_MEM_SLOTS"))?
+    } else {
+        8
+    };
+    if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+        f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    }
+    let negotiated = Negotiated {
+        device_features: features & !proto_bit,
+        protocol,
+        queues,
+        max_mem_slots,
+    };
+    Ok((f, negotiated))
+}
+
 impl BackendConn {
     /// Connects, takes ownership, and negotiates protocol features.
     pub fn connect(path: &Path, max_queues: u64, timeout: Duration) -> Result<Self, FrontendError> {
-        wait_for_socket(path, timeout)?;
-        let mut f =
-            Frontend::connect(path, max_queues).map_err(|source| FrontendError::Connect {
-                path: path.display().to_string(),
-                source,
-            })?;
-        f.set_owner().map_err(refused("SET_OWNER"))?;
-        let features = f.get_features().map_err(refused("GET_FEATURES"))?;
-        let proto_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        if features & proto_bit == 0 {
-            return Err(FrontendError::Lacks("VHOST_USER_F_PROTOCOL_FEATURES"));
-        }
-        let theirs = f
-            .get_protocol_features()
-            .map_err(refused("GET_PROTOCOL_FEATURES"))?;
-        let protocol = theirs & wanted_protocol();
-        f.set_protocol_features(protocol)
-            .map_err(refused("SET_PROTOCOL_FEATURES"))?;
-        let queues = if protocol.contains(VhostUserProtocolFeatures::MQ) {
-            f.get_queue_num().map_err(refused("GET_QUEUE_NUM"))?
-        } else {
-            1
-        };
-        let max_mem_slots = if protocol.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS) {
-            f.get_max_mem_slots()
-                .map_err(refused("GET_MAX_MEM_SLOTS"))?
-        } else {
-            8
-        };
-        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-            f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        }
+        let (f, negotiated) = handshake(path, max_queues, timeout)?;
         Ok(BackendConn {
             conn: Arc::new(Mutex::new(f)),
-            negotiated: Negotiated {
-                device_features: features & !proto_bit,
-                protocol,
-                queues,
-                max_mem_slots,
-            },
+            negotiated,
+            connected: Arc::new(AtomicBool::new(true)),
+            path: path.into(),
+            max_queues,
         })
+    }
+
+    /// Connects again to a restarted backend at the same path, with the
+    /// same negotiation; the connection object (and every sink) now talks
+    /// to it. The backend must offer what the first one did. The caller
+    /// replays the memory table and the rings, then marks it connected.
+    pub fn reconnect(&self, timeout: Duration) -> Result<(), FrontendError> {
+        let (f, n) = handshake(&self.path, self.max_queues, timeout)?;
+        let theirs = n.device_features;
+        if theirs & self.negotiated.device_features != self.negotiated.device_features
+            || !n.protocol.contains(self.negotiated.protocol)
+            || n.queues < self.negotiated.queues
+        {
+            return Err(FrontendError::Lacks("what the first backend offered"));
+        }
+        *self.lock() = f;
+        Ok(())
+    }
+
+    /// The socket of the current connection (to watch for hangup).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.lock().as_raw_fd()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Release);
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn lock(&self) -> MutexGuard<'_, Frontend> {
@@ -183,6 +236,7 @@ impl BackendConn {
     pub fn sink(&self) -> FrontendSink {
         FrontendSink {
             frontend: self.conn.clone(),
+            connected: self.connected.clone(),
             mem_slots: self
                 .negotiated
                 .protocol

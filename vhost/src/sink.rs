@@ -1,6 +1,7 @@
 //! Where a memory table goes: a vhost-user backend over its socket, or a
 //! test double.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
@@ -51,8 +52,17 @@ fn refused(what: String, e: vhost::Error) -> SinkError {
 /// A connected vhost-user backend.
 pub struct FrontendSink {
     pub frontend: Arc<Mutex<Frontend>>,
+    /// While false the backend is gone: changes are accepted and not sent
+    /// (whoever reconnects replays the whole table).
+    pub connected: Arc<AtomicBool>,
     pub mem_slots: bool,
     pub max_regions: u64,
+}
+
+impl FrontendSink {
+    fn gone(&self) -> bool {
+        !self.connected.load(Ordering::Acquire)
+    }
 }
 
 impl MemTableSink for FrontendSink {
@@ -63,6 +73,9 @@ impl MemTableSink for FrontendSink {
         self.max_regions
     }
     fn set_mem_table(&mut self, regions: &[MemRegion]) -> Result<(), SinkError> {
+        if self.gone() {
+            return Ok(());
+        }
         let infos: Vec<_> = regions.iter().map(info).collect();
         let f = self.frontend.lock().unwrap_or_else(|e| e.into_inner());
         f.set_mem_table(&infos)
@@ -70,12 +83,18 @@ impl MemTableSink for FrontendSink {
             .map_err(|e| refused(format!("SET_MEM_TABLE of {} regions", regions.len()), e))
     }
     fn add_mem_region(&mut self, r: &MemRegion) -> Result<(), SinkError> {
+        if self.gone() {
+            return Ok(());
+        }
         let mut f = self.frontend.lock().unwrap_or_else(|e| e.into_inner());
         f.add_mem_region(&info(r))
             .map(|_| ())
             .map_err(|e| refused(format!("ADD_MEM_REG {:#x}+{:#x}", r.gpa, r.size), e))
     }
     fn remove_mem_region(&mut self, r: &MemRegion) -> Result<(), SinkError> {
+        if self.gone() {
+            return Ok(());
+        }
         let mut f = self.frontend.lock().unwrap_or_else(|e| e.into_inner());
         f.remove_mem_region(&info(r))
             .map_err(|e| refused(format!("REM_MEM_REG {:#x}+{:#x}", r.gpa, r.size), e))

@@ -25,9 +25,11 @@ usage: vmm [options]
                      spread its queues over several iothreads (queue q on
                      the (q mod n)-th); without one it gets its own
   --vhost-user-blk socket=PATH[,num_queues=N][,queue_size=N][,timeout=SECS]
+         [,reconnect=SECS]
                      a disk served by a vhost-user-blk backend (ours or
                      qemu-storage-daemon); waits up to timeout (default 10)
-                     seconds for the socket
+                     seconds for the socket, and up to reconnect (default
+                     10, 0 = never) for a backend that went away
   --exit-stats       print exits by kind, per device, to stderr at the end
   -h, --help         this text
 
@@ -289,6 +291,7 @@ pub fn parse_vhost_user_blk(s: &str) -> Result<VhostUserBlkConfig, CliError> {
                 }
             }
             "timeout" => c.timeout = std::time::Duration::from_secs(number(0, 3600)?),
+            "reconnect" => c.reconnect = std::time::Duration::from_secs(number(0, 3600)?),
             _ => return Err(bad(format!("unknown or empty key {k:?}"))),
         }
     }

@@ -10,7 +10,7 @@ use vmm_backends::block::{BlockEngine, BlockLimits, DiskImage, ImageOptions};
 use super::pc::{Machine, MachineError};
 use crate::interrupt::KvmRouting;
 use crate::iothread::IoThread;
-use crate::vhost_user::blk::VhostUserBlk;
+use crate::vhost_user::blk::{Placement, VhostUserBlk};
 use crate::vhost_user::VhostListener;
 use crate::virtio::blk::Blk;
 use crate::virtio::{VirtioDevice, VirtioPci};
@@ -54,6 +54,9 @@ pub struct VhostUserBlkConfig {
     pub queue_size: u16,
     /// How long to wait for the backend's socket.
     pub timeout: Duration,
+    /// How long to wait for a backend that went away to come back (zero:
+    /// do not wait; the device needs a reset).
+    pub reconnect: Duration,
 }
 
 impl Default for VhostUserBlkConfig {
@@ -63,6 +66,7 @@ impl Default for VhostUserBlkConfig {
             num_queues: 1,
             queue_size: 256,
             timeout: Duration::from_secs(10),
+            reconnect: Duration::from_secs(10),
         }
     }
 }
@@ -126,8 +130,20 @@ impl Machine {
         let bad = |what: String| {
             MachineError::Config(format!("--vhost-user-blk {}: {what}", c.socket.display()))
         };
-        let dev = VhostUserBlk::connect(&c.socket, c.num_queues, c.queue_size, c.timeout)
-            .map_err(|e| bad(error_chain(&e)))?;
+        let at = Placement {
+            memory: self.memory.clone(),
+            space: self.pc.memory.clone(),
+            dma: self.dma.clone(),
+        };
+        let dev = VhostUserBlk::connect(
+            &c.socket,
+            c.num_queues,
+            c.queue_size,
+            c.timeout,
+            c.reconnect,
+            at,
+        )
+        .map_err(|e| bad(error_chain(&e)))?;
         let listener = VhostListener::new(&format!("vhost:{name}"), dev.conn().sink());
         let id = self
             .memory

@@ -2,18 +2,33 @@
 //! and the configuration space; the backend process gets guest RAM (through
 //! the `vhost` listener), the rings, the queues' ioeventfds as kick fds and
 //! the vectors' irqfds as call fds, so the data path never enters the VMM.
+//!
+//! Reconnect: a watcher thread sees the backend's socket hang up, marks the
+//! connection gone (memory-table changes are then accepted and not sent)
+//! and connects again for up to the configured time. It then replays, in
+//! one memory transaction so the map cannot change meanwhile, the whole
+//! memory table, the features and every started ring, each from the used
+//! index in guest memory: requests the old backend took but never
+//! completed are taken again (virtio-blk requests can be repeated). If the
+//! backend does not come back the device sets DEVICE_NEEDS_RESET and the
+//! VMM runs on.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use virtio_queue::QueueT;
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_vhost::frontend::VringSetup;
-use vmm_vhost::{BackendConn, FrontendError};
+use vmm_vhost::{apply, BackendConn, FrontendError, MemTable};
 
+use super::listener::section;
+use crate::memory::dma::DmaView;
+use crate::memory::{AddressSpace, Memory};
 use crate::virtio::blk::TYPE_BLOCK;
-use crate::virtio::device::{Activation, VirtioDevice};
+use crate::virtio::device::{Activation, Broken, VirtioDevice};
 
 /// Bytes of `struct virtio_blk_config` the device forwards.
 const CONFIG_SIZE: u32 = 60;
@@ -30,27 +45,68 @@ pub enum VhostBlkError {
     Frontend(#[from] FrontendError),
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    #[error("cannot start the reconnect watcher")]
+    Watcher(#[source] std::io::Error),
+}
+
+/// One started ring, enough to start it again on a new backend.
+#[derive(Clone)]
+struct Ring {
+    index: usize,
+    size: u16,
+    /// Guest-physical addresses of the three parts.
+    gpa: [u64; 3],
+    kick: Arc<EventFd>,
+    call: Arc<EventFd>,
+}
+
+#[derive(Default)]
+struct Rings {
+    features: u64,
+    started: Vec<Ring>,
+    broken: Option<Arc<Broken>>,
+}
+
+/// What the device and its watcher share.
+struct Shared {
+    conn: BackendConn,
+    rings: Mutex<Rings>,
+    memory: Arc<Memory>,
+    space: Arc<AddressSpace>,
+    dma: DmaView,
+    reconnect: Duration,
+    stop: AtomicBool,
+    reconnects: AtomicU64,
 }
 
 pub struct VhostUserBlk {
-    socket: PathBuf,
-    conn: BackendConn,
+    shared: Arc<Shared>,
     config: Vec<u8>,
     queues: u16,
     queue_size: u16,
-    started: Vec<usize>,
     /// Call fd for a queue the driver gave no vector.
-    no_vector: EventFd,
+    no_vector: Arc<EventFd>,
+    watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Where the device lives, for table replays on reconnect.
+pub struct Placement {
+    pub memory: Arc<Memory>,
+    pub space: Arc<AddressSpace>,
+    pub dma: DmaView,
 }
 
 impl VhostUserBlk {
     /// Connects to the backend at `socket` (waiting up to `timeout` for it)
-    /// and reads its configuration.
+    /// and reads its configuration. With a non-zero `reconnect` the device
+    /// waits that long for a backend that went away to come back.
     pub fn connect(
         socket: &Path,
         num_queues: u16,
         queue_size: u16,
         timeout: Duration,
+        reconnect: Duration,
+        at: Placement,
     ) -> Result<Self, VhostBlkError> {
         let conn = BackendConn::connect(socket, u64::from(num_queues.max(1)), timeout)?;
         let queues = num_queues.max(1).min(
@@ -61,32 +117,193 @@ impl VhostUserBlk {
         let mut config = conn.config(0, CONFIG_SIZE)?;
         config.resize(CONFIG_SIZE as usize, 0);
         config[NUM_QUEUES_AT..NUM_QUEUES_AT + 2].copy_from_slice(&queues.to_le_bytes());
-        let no_vector = EventFd::new(libc::EFD_NONBLOCK).map_err(VhostBlkError::EventFd)?;
-        Ok(VhostUserBlk {
-            socket: socket.into(),
+        let no_vector = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VhostBlkError::EventFd)?);
+        let shared = Arc::new(Shared {
             conn,
+            rings: Mutex::default(),
+            memory: at.memory,
+            space: at.space,
+            dma: at.dma,
+            reconnect,
+            stop: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+        });
+        let watcher = if reconnect.is_zero() {
+            None
+        } else {
+            let s = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("vhost-user-watch".into())
+                    .spawn(move || watch(&s))
+                    .map_err(VhostBlkError::Watcher)?,
+            )
+        };
+        Ok(VhostUserBlk {
+            shared,
             config,
             queues,
             queue_size,
-            started: Vec::new(),
             no_vector,
+            watcher,
         })
     }
 
     /// The connection, for the `vhost` memory listener's sink.
     pub fn conn(&self) -> &BackendConn {
-        &self.conn
+        &self.shared.conn
     }
 
-    fn stop(&mut self) {
-        for q in std::mem::take(&mut self.started) {
-            if let Err(e) = self.conn.stop_vring(q) {
+    /// How many times the backend came back.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    fn socket(&self) -> &Path {
+        self.shared.conn.path()
+    }
+
+    fn stop_rings(&mut self) {
+        let mut r = self.shared.lock();
+        for ring in std::mem::take(&mut r.started) {
+            if !self.shared.conn.is_connected() {
+                continue;
+            }
+            if let Err(e) = self.shared.conn.stop_vring(ring.index) {
                 log::warn!(
-                    "vhost-user-blk {}: stopping queue {q}: {e}",
-                    self.socket.display()
+                    "vhost-user-blk {}: stopping queue {}: {e}",
+                    self.socket().display(),
+                    ring.index
                 );
             }
         }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Rings> {
+        self.rings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands `ring` to the backend, starting where the used ring says.
+    fn start(&self, ring: &Ring, base: u16) -> Result<(), String> {
+        let ram = self.dma.snapshot();
+        let host = |gpa: u64| {
+            ram.get_host_address(GuestAddress(gpa))
+                .map(|p| p as u64)
+                .map_err(|_| format!("ring address {gpa:#x} is not in guest RAM"))
+        };
+        let setup = VringSetup {
+            index: ring.index,
+            size: ring.size,
+            desc: host(ring.gpa[0])?,
+            avail: host(ring.gpa[1])?,
+            used: host(ring.gpa[2])?,
+            base,
+            kick: &ring.kick,
+            call: &ring.call,
+        };
+        self.conn
+            .start_vring(&setup)
+            .map_err(|e| format!("backend {}: {e}", self.conn.path().display()))
+    }
+
+    /// After a reconnect: the whole memory table, the features, every ring.
+    fn replay(&self) -> Result<(), String> {
+        // An open transaction keeps the map still while it is replayed.
+        let tx = self.memory.begin();
+        let mut table = MemTable::default();
+        table.begin();
+        for r in self.space.view().ranges() {
+            if let Some(s) = section(r) {
+                table.add(s);
+            }
+        }
+        let mut sink = self.conn.sink();
+        sink.connected = Arc::new(AtomicBool::new(true));
+        let res = apply(&mut sink, &[], &table.regions())
+            .map_err(|e| format!("memory table: {e}"))
+            .and_then(|()| {
+                let rings = self.lock();
+                if rings.started.is_empty() {
+                    return Ok(());
+                }
+                self.conn
+                    .set_features(rings.features)
+                    .map_err(|e| e.to_string())?;
+                let ram = self.dma.snapshot();
+                for ring in &rings.started {
+                    let used: u16 = ram
+                        .read_obj(GuestAddress(ring.gpa[2] + 2))
+                        .map_err(|e| format!("used index of queue {}: {e}", ring.index))?;
+                    self.start(ring, used)?;
+                }
+                Ok(())
+            });
+        if res.is_ok() {
+            self.conn.set_connected(true);
+        }
+        let _ = tx.commit();
+        res
+    }
+}
+
+/// Whether the peer hung up on `fd` (waits up to `ms`).
+fn hung_up(fd: std::os::fd::RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the call's duration.
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n == 1 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+fn watch(s: &Shared) {
+    while !s.stop.load(Ordering::Acquire) {
+        if !hung_up(s.conn.raw_fd(), 100) {
+            continue;
+        }
+        s.conn.set_connected(false);
+        let path = s.conn.path().display().to_string();
+        log::warn!(
+            "vhost-user-blk {path}: the backend went away; waiting {:?}",
+            s.reconnect
+        );
+        let deadline = Instant::now() + s.reconnect;
+        let mut last = String::new();
+        let back = loop {
+            if s.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            match s
+                .conn
+                .reconnect(left)
+                .map_err(|e| e.to_string())
+                .and_then(|()| s.replay())
+            {
+                Ok(()) => break true,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if back {
+            s.reconnects.fetch_add(1, Ordering::Relaxed);
+            log::warn!("vhost-user-blk {path}: the backend is back; rings resumed");
+            continue;
+        }
+        let broken = s.lock().broken.clone();
+        let why = format!("vhost-user-blk {path}: the backend did not come back: {last}");
+        match broken {
+            Some(b) => b.report(&why),
+            None => log::error!("{why}"),
+        }
+        return;
     }
 }
 
@@ -96,7 +313,7 @@ impl VirtioDevice for VhostUserBlk {
     }
 
     fn features(&self) -> u64 {
-        let f = self.conn.negotiated.device_features & PASSED;
+        let f = self.shared.conn.negotiated.device_features & PASSED;
         if self.queues > 1 {
             f
         } else {
@@ -120,52 +337,61 @@ impl VirtioDevice for VhostUserBlk {
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), String> {
-        self.stop();
-        self.conn
-            .set_features(a.features)
-            .map_err(|e| e.to_string())?;
-        let ram = a.mem.snapshot();
-        let host = |gpa: u64| {
-            ram.get_host_address(GuestAddress(gpa))
-                .map(|p| p as u64)
-                .map_err(|_| format!("ring address {gpa:#x} is not in guest RAM"))
-        };
+        self.stop_rings();
+        let connected = self.shared.conn.is_connected();
+        if connected {
+            self.shared
+                .conn
+                .set_features(a.features)
+                .map_err(|e| e.to_string())?;
+        }
+        let mut rings = Vec::new();
         for q in &a.queues {
-            let call = q.call.fd.as_deref().unwrap_or(&self.no_vector);
-            let setup = VringSetup {
+            let ring = Ring {
                 index: usize::from(q.index),
                 size: q.queue.size(),
-                desc: host(q.queue.desc_table())?,
-                avail: host(q.queue.avail_ring())?,
-                used: host(q.queue.used_ring())?,
-                base: 0,
-                kick: &q.kick,
-                call,
+                gpa: [
+                    q.queue.desc_table(),
+                    q.queue.avail_ring(),
+                    q.queue.used_ring(),
+                ],
+                kick: q.kick.clone(),
+                call: q.call.fd.clone().unwrap_or_else(|| self.no_vector.clone()),
             };
-            self.conn
-                .start_vring(&setup)
-                .map_err(|e| format!("backend {}: {e}", self.socket.display()))?;
-            self.started.push(usize::from(q.index));
+            // A backend that is away gets the rings when it is back.
+            if connected {
+                self.shared.start(&ring, 0)?;
+            }
+            rings.push(ring);
         }
+        let mut r = self.shared.lock();
+        r.features = a.features;
+        r.started = rings;
+        r.broken = Some(a.broken);
         Ok(())
     }
 
     fn reset(&mut self) {
-        self.stop();
+        self.stop_rings();
     }
 
     fn stats(&self) -> String {
         format!(
-            "backend={} queues={} started={}",
-            self.socket.display(),
+            "backend={} queues={} started={} reconnects={}",
+            self.socket().display(),
             self.queues,
-            self.started.len()
+            self.shared.lock().started.len(),
+            self.reconnects()
         )
     }
 }
 
 impl Drop for VhostUserBlk {
     fn drop(&mut self) {
-        self.stop();
+        self.shared.stop.store(true, Ordering::Release);
+        self.stop_rings();
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
     }
 }

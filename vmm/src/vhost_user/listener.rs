@@ -43,7 +43,7 @@ impl<S: MemTableSink> VhostListener<S> {
 
 /// Guest RAM the backend can map: RAM with a file behind it. ROM and device
 /// BARs are not DMA targets for a vhost-user device.
-fn section(r: &FlatRange) -> Option<MemRegion> {
+pub(crate) fn section(r: &FlatRange) -> Option<MemRegion> {
     if !r.is_ram() || r.readonly {
         return None;
     }

@@ -15,6 +15,7 @@ pub mod dimm_dma;
 pub mod mmio;
 pub mod pattern;
 mod req;
+mod stream;
 pub mod timer;
 mod transport;
 mod virtq;
@@ -104,6 +105,12 @@ pub fn run(cmdline: &Cmdline) {
         bench::run(bdfs[0], &bench);
         for bdf in &bdfs[1..n] {
             crate::diag!("virtio-blk {bdf}: blkbench runs on the first device only");
+        }
+        return;
+    }
+    if let Some(passes) = cmdline.number("blk-stream") {
+        if let Some(mut d) = open(bdfs[0], 0x40) {
+            stream::run(bdfs[0], &mut d, passes);
         }
         return;
     }
