@@ -34,6 +34,7 @@ use crate::pci::i440fx::{HostBridge, IsaBridge};
 use crate::pci::{ConfigIo, PciBus, PciError, CONFIG_PORT, CONFIG_PORTS};
 use crate::virtio::VirtioPci;
 
+use super::control::MonitorState;
 use super::dispatch::{Dispatch, ExitStats};
 use super::guest_ram::{guest_memory, GuestRamError};
 use super::layout::PcMemory;
@@ -145,8 +146,10 @@ pub struct Machine {
     pub(super) disks: usize,
     /// The `vhost` listeners of vhost-user devices.
     pub(super) vhost_user: Vec<ListenerId>,
-    vcpu_slot: Arc<ArcSwapOption<VcpuSet>>,
+    pub(super) vcpu_slot: Arc<ArcSwapOption<VcpuSet>>,
     running: Option<Running>,
+    /// Run state, events and device lists for the monitor (control.rs).
+    pub(super) monitor: MonitorState,
     /// How many times the guest was started (1 + reboots).
     pub boots: u32,
 }
@@ -206,7 +209,10 @@ impl Machine {
             reset_ports::I8042_COMMAND,
             &io("i8042-cmd", 1, kbd),
         )?;
-        let pm1 = Arc::new(Pm1::new(requests.clone()));
+        let sci = Arc::new(
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| MachineError::Device("acpi-sci", e))?,
+        );
+        let pm1 = Arc::new(Pm1::new(requests.clone()).with_sci(sci.clone()));
         tx.add_subregion(
             &pc.io_root,
             u64::from(acpi::PM_BASE),
@@ -225,8 +231,9 @@ impl Machine {
             requests,
             stats: Arc::default(),
             pci,
+            monitor: MonitorState::new(pm1.clone()),
             resets: vec![cmos as Arc<dyn Reset>, pm1 as Arc<dyn Reset>],
-            irq_lines: Vec::new(),
+            irq_lines: vec![(sci, u32::from(acpi::SCI_IRQ))],
             router: GsiRouter::new(KvmRouting::detached()),
             dma,
             iothreads: Vec::new(),
@@ -443,6 +450,7 @@ impl Machine {
     /// are handled here.
     pub fn run(&mut self) -> Result<u32, MachineError> {
         self.start()?;
+        self.monitor_started();
         loop {
             if let Some(err) = self.wait_event() {
                 self.teardown();
@@ -452,13 +460,16 @@ impl Machine {
                 Some(Request::Stop(status)) => {
                     log::info!("guest stopped with status {status}");
                     self.teardown();
+                    self.monitor_stopped();
                     return Ok(status);
                 }
                 Some(Request::Reset) => {
                     log::info!("guest reset");
                     self.teardown();
                     self.reset_platform()?;
+                    self.monitor_reset();
                     self.start()?;
+                    self.monitor_started();
                 }
                 None => {}
             }
