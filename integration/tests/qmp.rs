@@ -131,6 +131,9 @@ fn qemu_qmp_client_drives_the_vmm() {
         "ok - info mtree -f: RAM around the PCI hole",
         "ok - unknown command: CommandNotFound",
         "ok - system_reset: RESET",
+        "ok - a reset while stopped stays stopped",
+        "ok - cont after the reset: the new vCPU runs",
+        "ok - system_powerdown: POWERDOWN",
         "ok - quit: SHUTDOWN",
     ] {
         assert!(stdout.contains(check), "missing {check:?} in:\n{stdout}");
