@@ -418,7 +418,10 @@ fn pauses_nest_and_a_stray_resume_does_nothing() {
     let (a, _, _) = spin_state(&guest.vcpus);
     std::thread::sleep(Duration::from_millis(50));
     let (b, _, _) = spin_state(&guest.vcpus);
-    assert_eq!(a, b, "one pause is still outstanding: the vCPU stays paused");
+    assert_eq!(
+        a, b,
+        "one pause is still outstanding: the vCPU stays paused"
+    );
     guest.vcpus.resume();
     std::thread::sleep(Duration::from_millis(50));
     let (c, _, _) = spin_state(&guest.vcpus);

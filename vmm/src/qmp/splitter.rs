@@ -191,7 +191,7 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
         assert_eq!(msgs(s.feed(deep.as_bytes())), ["TooDeep"]);
         let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
-        assert_eq!(msgs(s.feed(ok.as_bytes())), [ok.clone()]);
+        assert_eq!(msgs(s.feed(ok.as_bytes())), [ok]);
         let big = format!("{{\"a\":\"{}\"}}", "x".repeat(MAX_MESSAGE));
         for chunk in big.as_bytes().chunks(1000) {
             let items = s.feed(chunk);
