@@ -6,7 +6,7 @@
 //! does).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,11 +22,12 @@ pub(crate) enum Out {
 #[derive(Default)]
 struct Inner {
     next: AtomicU64,
-    subscribers: Mutex<Vec<(u64, Sender<Out>)>>,
+    subscribers: Mutex<Vec<(u64, SyncSender<Out>)>>,
 }
 
-/// The event sink. Emitting never blocks: each subscriber has an unbounded
-/// queue drained by its connection's writer.
+/// The event sink. Emitting never blocks: each subscriber has a bounded
+/// queue drained by its connection's writer; a client that lets its queue
+/// fill up (it does not read) loses its subscription.
 #[derive(Clone, Default)]
 pub struct Events(Arc<Inner>);
 
@@ -54,14 +55,21 @@ impl Events {
         let line = Value::Object(ev).to_string();
         log::debug!("qmp event: {line}");
         let mut subs = self.lock();
-        subs.retain(|(_, tx)| tx.send(Out::Line(line.clone())).is_ok());
+        subs.retain(|(id, tx)| match tx.try_send(Out::Line(line.clone())) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                log::warn!("qmp: client {id} does not read its events; no more events for it");
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Sender<Out>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, SyncSender<Out>)>> {
         self.0.subscribers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn subscribe(&self, tx: Sender<Out>) -> u64 {
+    pub(crate) fn subscribe(&self, tx: SyncSender<Out>) -> u64 {
         let id = self.0.next.fetch_add(1, Ordering::Relaxed);
         self.lock().push((id, tx));
         id

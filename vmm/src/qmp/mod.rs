@@ -15,6 +15,8 @@ pub mod signals;
 pub mod splitter;
 
 #[cfg(test)]
+mod server_tests;
+#[cfg(test)]
 mod tests;
 
 pub use control::{BlockInfo, Control, ControlError, CpuInfo, MemoryDeviceInfo, RunStatus};

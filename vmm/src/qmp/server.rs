@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -30,7 +30,11 @@ pub enum QmpServerError {
     Spawn(#[source] std::io::Error),
 }
 
-type Current = Arc<Mutex<Option<Sender<Out>>>>;
+type Current = Arc<Mutex<Option<SyncSender<Out>>>>;
+
+/// Replies and events queued for one client: when the client stops
+/// reading, the reader stops reading its commands (as QEMU does).
+const QUEUE: usize = 256;
 
 /// A running QMP server; dropping it removes the socket file.
 pub struct QmpServer {
@@ -79,7 +83,10 @@ impl QmpServer {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if let Some(tx) = tx {
-            flush(&tx, timeout);
+            let (ack, done) = mpsc::sync_channel(1);
+            if tx.try_send(Out::Flush(ack)).is_ok() {
+                let _ = done.recv_timeout(timeout);
+            }
         }
     }
 }
@@ -90,7 +97,7 @@ impl Drop for QmpServer {
     }
 }
 
-fn flush(tx: &Sender<Out>, timeout: Duration) {
+fn flush(tx: &SyncSender<Out>, timeout: Duration) {
     let (ack, done) = mpsc::sync_channel(1);
     if tx.send(Out::Flush(ack)).is_ok() {
         let _ = done.recv_timeout(timeout);
@@ -172,7 +179,7 @@ fn writer(mut stream: UnixStream, rx: mpsc::Receiver<Out>) {
 
 fn serve(mut stream: UnixStream, ctl: &dyn Control, events: &Events, current: &Current) {
     log::info!("qmp: client connected");
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(QUEUE);
     let w = match stream.try_clone() {
         Ok(w) => w,
         Err(e) => {

@@ -12,7 +12,7 @@ use crate::memory::{Memory, MemoryRegion};
 
 /// Records calls; `status` follows stop/cont.
 #[derive(Default)]
-struct Fake {
+pub(super) struct Fake {
     calls: Mutex<Vec<String>>,
     paused: Mutex<bool>,
     memory: Arc<Memory>,
@@ -22,7 +22,7 @@ impl Fake {
     fn call(&self, c: String) {
         self.calls.lock().unwrap().push(c);
     }
-    fn calls(&self) -> Vec<String> {
+    pub(super) fn calls(&self) -> Vec<String> {
         std::mem::take(&mut *self.calls.lock().unwrap())
     }
 }
@@ -405,7 +405,7 @@ fn hotplug_arguments_are_checked_before_the_machine_sees_them() {
 #[test]
 fn events_have_qemus_shape_and_reach_subscribers() {
     let ev = Events::new();
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(16);
     ev.emit("NOBODY", None);
     let id = ev.subscribe(tx);
     ev.stop();
@@ -420,6 +420,13 @@ fn events_have_qemus_shape_and_reach_subscribers() {
     });
     ev.unsubscribe(id);
     ev.resume();
+    // A subscriber that does not drain its queue is dropped, not waited for.
+    let (tx2, rx2) = mpsc::sync_channel(1);
+    ev.subscribe(tx2);
+    ev.powerdown();
+    ev.powerdown();
+    ev.powerdown();
+    assert_eq!(rx2.try_iter().count(), 1);
     let got: Vec<Value> = rx
         .try_iter()
         .map(|o| match o {
