@@ -15,6 +15,10 @@ pub mod signals;
 pub mod splitter;
 
 #[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod hotplug_tests;
+#[cfg(test)]
 mod server_tests;
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::tests::Fake;
+use super::fake::Fake;
 use super::{Events, QmpServer, QmpServerError};
 
 fn temp(name: &str) -> PathBuf {
