@@ -323,3 +323,123 @@ fn a_backend_without_a_free_slot_refuses_the_dimm_and_nothing_of_it_remains() {
     host.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(status, 0);
 }
+
+/// The `vmm` binary with hotplug, one virtio-blk disk and one vhost-user-blk
+/// disk at `sock`, QMP at `qmp`, COM1 into `serial`, the probe in dimm mode.
+fn vmm_process(disk: &Path, sock: &Path, qmp: &Path, serial: &Path) -> Child {
+    Command::new(testkit::process::vmm_binary())
+        .args(["--memory", "size=256M,hotplug_size=1G,slots=4"])
+        .args(["--disk", &format!("path={}", disk.display())])
+        .args(["--vhost-user-blk", &format!("socket={}", sock.display())])
+        .args(["--qmp", qmp.to_str().unwrap()])
+        .args(["--serial", &format!("file={}", serial.display())])
+        .args(["--cmdline", "console=ttyS0 probe=none probe=dimm"])
+        .spawn()
+        .expect("the vmm binary")
+}
+
+/// Runs the QMP client script in `mode`; returns its output, panicking
+/// with it if a check failed.
+fn qmp_client(qmp: &Path, serial: &Path, mode: &str) -> String {
+    let start = Instant::now();
+    while !qmp.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no QMP socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hotplug/qmp_hotplug.py");
+    let out = Command::new(testkit::qmp::python())
+        .arg(&script)
+        .args([qmp.to_str().unwrap(), serial.to_str().unwrap(), mode])
+        .output()
+        .expect("python runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let guest = std::fs::read_to_string(serial).unwrap_or_default();
+    assert!(out.status.success(), "{text}\nguest:\n{guest}");
+    text
+}
+
+fn wait_child(child: &mut Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the vmm did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn qmp_hot_adds_a_dimm_for_every_consumer_and_removes_it_from_all() {
+    let dir = scratch("qmp");
+    let (disk, remote, sock) = (dir.join("a.img"), dir.join("b.img"), dir.join("vub.sock"));
+    let (qmp, serial) = (dir.join("qmp.sock"), dir.join("com1.txt"));
+    for p in [&disk, &remote] {
+        std::fs::write(p, testkit::pattern::image(3, SECTORS)).unwrap();
+    }
+    let daemon = Daemon::start(&remote, &sock);
+    let mut vmm = vmm_process(&disk, &sock, &qmp, &serial);
+    let text = qmp_client(&qmp, &serial, "add-remove");
+    let status = wait_child(&mut vmm);
+    let guest = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert!(status.success(), "vmm: {status}\n{guest}\n{text}");
+    for check in [
+        "virtio-blk 00:03.0 DMA from and into the DIMM verifies",
+        "virtio-blk 00:04.0 DMA from and into the DIMM verifies",
+        "dimm: the memory is gone after eject",
+    ] {
+        assert!(
+            guest
+                .lines()
+                .any(|l| l.starts_with("ok ") && l.contains(check)),
+            "no passing {check:?}:\n{guest}"
+        );
+    }
+    // The daemon had the DIMM while it was plugged, and not after.
+    let line = text.lines().find(|l| l.starts_with("dimm addr=")).unwrap();
+    let mut w = line
+        .split_whitespace()
+        .skip(1)
+        .map(|kv| kv.split('=').nth(1).unwrap());
+    let dimm = format!("{}+{}", w.next().unwrap(), w.next().unwrap());
+    let log = daemon.log.lock().unwrap().clone();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("memory table: [") && l.contains(&dimm)),
+        "the daemon never had {dimm}:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        !daemon.settled().contains(&dimm),
+        "the daemon still has {dimm}"
+    );
+}
+
+#[test]
+fn qmp_device_add_refused_by_a_backend_leaves_nothing_behind() {
+    let dir = scratch("qmp-refused");
+    let (disk, remote, sock) = (dir.join("a.img"), dir.join("b.img"), dir.join("vub.sock"));
+    let (qmp, serial) = (dir.join("qmp.sock"), dir.join("com1.txt"));
+    for p in [&disk, &remote] {
+        std::fs::write(p, testkit::pattern::image(3, SECTORS)).unwrap();
+    }
+    // The PC layout takes two regions of a memory table: no room for more.
+    let daemon = Daemon::start_with(&remote, &sock, 2);
+    let mut vmm = vmm_process(&disk, &sock, &qmp, &serial);
+    let text = qmp_client(&qmp, &serial, "refused");
+    let status = wait_child(&mut vmm);
+    assert!(status.success(), "vmm: {status}\n{text}");
+    let table = daemon.settled();
+    assert_eq!(table.len(), 2, "{table:?}");
+    assert!(
+        table.iter().all(|r| !r.starts_with("0x100000000")),
+        "{table:?}"
+    );
+}

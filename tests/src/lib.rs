@@ -5,4 +5,5 @@ pub mod guest_kit;
 pub mod pattern;
 pub mod probe;
 pub mod process;
+pub mod qmp;
 pub mod virtq;

@@ -203,6 +203,16 @@ impl BackendConn {
         &self.path
     }
 
+    /// Closes the connection for good (the device is going away): the
+    /// backend sees the hangup and may serve its next frontend, even while
+    /// something still holds this object.
+    pub fn disconnect(&self) {
+        self.set_connected(false);
+        // SAFETY: shutdown(2) on the socket this frontend owns; it stays
+        // open (and owned) until the frontend is dropped.
+        unsafe { libc::shutdown(self.raw_fd(), libc::SHUT_RDWR) };
+    }
+
     fn lock(&self) -> MutexGuard<'_, Frontend> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -30,6 +30,8 @@ usage: vmm [options]
                      qemu-storage-daemon); waits up to timeout (default 10)
                      seconds for the socket, and up to reconnect (default
                      10, 0 = never) for a backend that went away
+  --qmp PATH         a QMP monitor on unix socket PATH (mode 0600); QEMU's
+                     spelling unix:PATH,server=on,wait=off works too
   --exit-stats       print exits by kind, per device, to stderr at the end
   -h, --help         this text
 
@@ -59,6 +61,8 @@ pub struct Options {
     pub disks: Vec<DiskConfig>,
     pub vhost_user_blk: Vec<VhostUserBlkConfig>,
     pub exit_stats: bool,
+    /// `--qmp`: the QMP socket's path.
+    pub qmp: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -76,6 +80,7 @@ impl Default for Options {
             disks: Vec::new(),
             vhost_user_blk: Vec::new(),
             exit_stats: false,
+            qmp: None,
         }
     }
 }
@@ -98,6 +103,8 @@ pub enum CliError {
     Disk(String),
     #[error("--vhost-user-blk: {0}")]
     VhostUserBlk(String),
+    #[error("--qmp: {0}")]
+    Qmp(String),
     #[error("help requested")]
     Help,
 }
@@ -172,6 +179,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
             "--disk" => o.disks.push(parse_disk(&value(&name)?)?),
             "--vhost-user-blk" => o.vhost_user_blk.push(parse_vhost_user_blk(&value(&name)?)?),
             "--exit-stats" => o.exit_stats = true,
+            "--qmp" => o.qmp = Some(parse_qmp(&value(&name)?)?),
             _ => return Err(CliError::Unknown(arg)),
         }
     }
@@ -299,6 +307,35 @@ pub fn parse_vhost_user_blk(s: &str) -> Result<VhostUserBlkConfig, CliError> {
     Ok(c)
 }
 
+/// `PATH` or QEMU's `unix:PATH[,server=on|server][,wait=off|nowait]`.
+pub fn parse_qmp(s: &str) -> Result<PathBuf, CliError> {
+    let bad = |m: String| Err(CliError::Qmp(m));
+    let Some(rest) = s.strip_prefix("unix:") else {
+        if s.is_empty() || s.contains(',') {
+            return bad(format!("{s:?} is not PATH or unix:PATH,server=on,wait=off"));
+        }
+        return Ok(PathBuf::from(s));
+    };
+    let mut items = rest.split(',');
+    let path = items.next().unwrap_or_default();
+    if path.is_empty() {
+        return bad("unix: needs a path".into());
+    }
+    for item in items {
+        match item {
+            "server" | "server=on" | "server=true" | "nowait" | "wait=off" | "wait=false" => {}
+            "server=off" | "server=false" => {
+                return bad("server=off is not supported (the VMM listens)".into())
+            }
+            "wait=on" | "wait=true" | "wait" => {
+                return bad("wait=on is not supported (use wait=off)".into())
+            }
+            _ => return bad(format!("unknown option {item:?}")),
+        }
+    }
+    Ok(PathBuf::from(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,6 +453,26 @@ mod tests {
                 Err(CliError::Size(bad.into())),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn qmp_takes_a_path_or_qemus_spelling() {
+        let q = |a: &str| p(&["--qmp", a]).map(|o| o.qmp);
+        assert_eq!(q("/tmp/q.sock"), Ok(Some("/tmp/q.sock".into())));
+        assert_eq!(
+            q("unix:/tmp/q.sock,server=on,wait=off"),
+            Ok(Some("/tmp/q.sock".into()))
+        );
+        assert_eq!(q("unix:/q,server,nowait"), Ok(Some("/q".into())));
+        for (bad, says) in [
+            ("unix:/q,wait=on", "wait=on is not supported"),
+            ("unix:/q,colour=red", "unknown option \"colour=red\""),
+            ("unix:", "unix: needs a path"),
+            ("tcp:1,2", "is not PATH"),
+        ] {
+            let e = q(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--qmp: ") && e.contains(says), "{bad}: {e}");
         }
     }
 

@@ -10,6 +10,7 @@ pub mod kvm;
 pub mod machine;
 pub mod memory;
 pub mod pci;
+pub mod qmp;
 pub mod ratelimit;
 pub mod vfio;
 pub mod vhost_user;

@@ -54,6 +54,8 @@ fn probe_file() -> anyhow::Result<(std::fs::File, PathBuf)> {
 }
 
 fn run(opts: Options) -> anyhow::Result<u32> {
+    // Before any thread starts, so that only the signal thread takes them.
+    vmm::qmp::signals::block().context("blocking SIGTERM and SIGINT")?;
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -108,7 +110,23 @@ fn run(opts: Options) -> anyhow::Result<u32> {
     for v in &opts.vhost_user_blk {
         machine.add_vhost_user_blk(v)?;
     }
+    let control = machine.control();
+    let quitter = control.clone();
+    vmm::qmp::signals::quit_on_signals(move |_| quitter.quit_with("host-signal"))
+        .context("starting the signal thread")?;
+    let qmp = match &opts.qmp {
+        Some(path) => Some(vmm::qmp::QmpServer::start(
+            path,
+            std::sync::Arc::new(control),
+            machine.events(),
+        )?),
+        None => None,
+    };
     let status = machine.run();
+    if let Some(q) = &qmp {
+        // The last events (SHUTDOWN) reach the client before the exit.
+        q.finish(std::time::Duration::from_secs(2));
+    }
     if opts.exit_stats {
         eprint!("{}", machine.exit_report());
     }

@@ -404,3 +404,32 @@ fn emulation_failure_is_reported_with_registers() {
         other => panic!("unexpected stop: {other:?}"),
     }
 }
+
+#[test]
+fn pauses_nest_and_a_stray_resume_does_nothing() {
+    let guest = boot_probe("probe=spin");
+    wait_for_output(&guest, "# spinning");
+    // A resume with no pause outstanding must not undo a later pause.
+    guest.vcpus.resume();
+    // The monitor's stop, then a memslot update's pause/resume inside it.
+    guest.vcpus.pause();
+    guest.vcpus.pause();
+    guest.vcpus.resume();
+    let (a, _, _) = spin_state(&guest.vcpus);
+    std::thread::sleep(Duration::from_millis(50));
+    let (b, _, _) = spin_state(&guest.vcpus);
+    assert_eq!(
+        a, b,
+        "one pause is still outstanding: the vCPU stays paused"
+    );
+    guest.vcpus.resume();
+    std::thread::sleep(Duration::from_millis(50));
+    let (c, _, _) = spin_state(&guest.vcpus);
+    assert!(c > b, "the last resume lets the vCPU run");
+    let tids = guest.vcpus.thread_ids();
+    assert_eq!(tids.len(), 1);
+    let task = format!("/proc/self/task/{}/comm", tids[0]);
+    let comm = std::fs::read_to_string(&task).expect("the vCPU thread's comm");
+    assert_eq!(comm.trim(), "vcpu0");
+    guest.vcpus.stop();
+}

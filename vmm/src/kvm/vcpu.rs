@@ -2,7 +2,7 @@
 //! resume, run_on_cpu, stop).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle, ThreadId};
@@ -44,6 +44,8 @@ struct Control {
     pending: AtomicBool,
     /// The thread is in (or about to enter) KVM_RUN.
     in_run: AtomicBool,
+    /// The thread's Linux thread id, once it has started (0 before).
+    tid: AtomicI32,
 }
 
 impl Control {
@@ -68,6 +70,9 @@ struct VcpuThread {
 /// The running vCPUs of one VM, one named thread each (`vcpu0`, ...).
 pub struct VcpuSet {
     vcpus: Vec<VcpuThread>,
+    /// Outstanding `pause` calls: the vCPUs run again when the last one
+    /// is matched by a `resume`.
+    pauses: Mutex<u32>,
     /// Keeps the VM and its memory alive while any vCPU can run.
     _vm: Arc<Vm>,
 }
@@ -84,6 +89,7 @@ impl VcpuSet {
         kick::install_handler()?;
         let mut set = VcpuSet {
             vcpus: Vec::with_capacity(vcpus.len()),
+            pauses: Mutex::new(0),
             _vm: vm,
         };
         for (cpu, mut fd) in vcpus.into_iter().enumerate() {
@@ -102,6 +108,7 @@ impl VcpuSet {
                 changed: Condvar::new(),
                 pending: AtomicBool::new(false),
                 in_run: AtomicBool::new(false),
+                tid: AtomicI32::new(0),
             });
             let runner = Runner {
                 cpu,
@@ -168,13 +175,21 @@ impl VcpuSet {
     /// transaction); it parks before its next KVM_RUN. So this may be called
     /// from a vCPU's own exit handler, and while holding locks handlers
     /// take. Work from `run_on_cpu` still runs while paused.
+    ///
+    /// Pauses nest: each `pause` needs its own `resume`, so a memslot
+    /// update's pause/resume inside a monitor's stop leaves the guest
+    /// stopped.
     pub fn pause(&self) {
-        for vcpu in &self.vcpus {
-            let mut state = vcpu.control.lock();
-            if state.wanted == Wanted::Run {
-                state.wanted = Wanted::Pause;
+        {
+            let mut pauses = self.pauses.lock().unwrap_or_else(|e| e.into_inner());
+            *pauses = pauses.saturating_add(1);
+            for vcpu in &self.vcpus {
+                let mut state = vcpu.control.lock();
+                if state.wanted == Wanted::Run {
+                    state.wanted = Wanted::Pause;
+                }
+                Self::kick_locked(vcpu, &state);
             }
-            Self::kick_locked(vcpu, &state);
         }
         for vcpu in &self.vcpus {
             let mut state = vcpu.control.lock();
@@ -201,8 +216,18 @@ impl VcpuSet {
         }
     }
 
-    /// Lets paused vCPUs run again.
+    /// Matches one `pause`; the last one lets the vCPUs run again. A
+    /// `resume` without a `pause` does nothing.
     pub fn resume(&self) {
+        let mut pauses = self.pauses.lock().unwrap_or_else(|e| e.into_inner());
+        match *pauses {
+            0 => return,
+            1 => *pauses = 0,
+            n => {
+                *pauses = n - 1;
+                return;
+            }
+        }
         for vcpu in &self.vcpus {
             let mut state = vcpu.control.lock();
             if state.wanted == Wanted::Pause {
@@ -210,6 +235,15 @@ impl VcpuSet {
             }
             vcpu.control.changed.notify_all();
         }
+    }
+
+    /// The Linux thread ids of the vCPU threads, by index (0 for one that
+    /// has not started yet).
+    pub fn thread_ids(&self) -> Vec<i32> {
+        self.vcpus
+            .iter()
+            .map(|v| v.control.tid.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Whether vCPU `cpu` is held by `pause`.
@@ -287,6 +321,9 @@ enum Serviced {
 
 impl Runner {
     fn run(mut self, events: Sender<VcpuEvent>) {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        self.control.tid.store(tid, Ordering::Relaxed);
         kick::unblock_on_this_thread();
         let stop = self.run_loop();
         match &stop {

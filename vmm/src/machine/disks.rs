@@ -120,6 +120,12 @@ impl Machine {
         }
         let blk = Blk::new(engine, d.num_queues, d.queue_size, threads);
         self.plug(&name, Box::new(blk)).map_err(bad)?;
+        self.monitor.add_block(crate::qmp::BlockInfo {
+            device: name.clone(),
+            file: d.path.display().to_string(),
+            read_only: d.readonly,
+            driver: "raw",
+        });
         Ok(name)
     }
 
@@ -154,6 +160,12 @@ impl Machine {
             return Err(bad(e));
         }
         self.vhost_user.push(id);
+        self.monitor.add_block(crate::qmp::BlockInfo {
+            device: name.clone(),
+            file: c.socket.display().to_string(),
+            read_only: false,
+            driver: "vhost-user",
+        });
         Ok(name)
     }
 

@@ -28,6 +28,8 @@ pub enum HotplugEvent {
         id: String,
     },
     AcpiOst {
+        /// The DIMM in the slot, if any.
+        device: Option<String>,
         slot: usize,
         event: u32,
         status: u32,
@@ -82,7 +84,14 @@ impl HotplugEvents for Events {
     }
     fn ost(&self, slot: usize, event: u32, status: u32) {
         if let Some(h) = self.0.upgrade() {
+            let device = h
+                .lock()
+                .dimms
+                .values()
+                .find(|d| d.slot == slot)
+                .map(|d| d.id.clone());
             h.emit(HotplugEvent::AcpiOst {
+                device,
                 slot,
                 event,
                 status,

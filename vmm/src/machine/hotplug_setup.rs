@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use super::hotplug::Hotplug;
+use super::hotplug::{Hotplug, HotplugEvent};
 use super::layout::FOUR_GIB;
 use super::pc::{Machine, MachineError, Reset};
 use crate::devices::gpe::{self, Gpe0};
 use crate::devices::mem_hotplug;
 use crate::memory::MemoryRegion;
+use crate::qmp::AcpiOstInfo;
 
 const GIB: u64 = 1 << 30;
 /// The most DIMM slots (QEMU's ACPI_MAX_RAM_SLOTS).
@@ -58,6 +59,24 @@ impl Machine {
         )?;
         tx.commit()?;
         self.on_reset(Arc::new(GpeReset(gpe)));
+        let events = self.events();
+        hp.set_sink(Arc::new(move |e| match e {
+            HotplugEvent::DeviceDeleted { id } => {
+                events.device_deleted(Some(&id), &format!("/machine/peripheral/{id}"));
+            }
+            HotplugEvent::AcpiOst {
+                device,
+                slot,
+                event,
+                status,
+            } => events.acpi_device_ost(&AcpiOstInfo {
+                device,
+                slot: slot.to_string(),
+                slot_type: "DIMM",
+                source: event,
+                status,
+            }),
+        }));
         self.hotplug = Some(hp.clone());
         Ok(hp)
     }

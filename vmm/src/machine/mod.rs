@@ -1,5 +1,6 @@
 //! The PC machine: its memory map and chipset pieces.
 
+pub mod control;
 pub mod disks;
 pub mod dispatch;
 pub mod guest_ram;
@@ -13,6 +14,7 @@ pub mod requests;
 #[cfg(test)]
 mod tests;
 
+pub use control::MachineControl;
 pub use disks::{DiskConfig, VhostUserBlkConfig};
 pub use layout::PcMemory;
 pub use pc::{Machine, MachineConfig, MachineError, Reset};

@@ -35,10 +35,10 @@ use crate::pci::i440fx::{HostBridge, IsaBridge};
 use crate::pci::{ConfigIo, PciBus, PciError, CONFIG_PORT, CONFIG_PORTS};
 use crate::virtio::VirtioPci;
 
-use super::hotplug::Hotplug;
-
+use super::control::MonitorState;
 use super::dispatch::{Dispatch, ExitStats};
 use super::guest_ram::{guest_memory, GuestRamError};
+use super::hotplug::Hotplug;
 use super::layout::PcMemory;
 use super::requests::{Request, Requests};
 
@@ -152,8 +152,10 @@ pub struct Machine {
     pub(super) sci: Arc<SciLine>,
     /// Memory hotplug, once enabled.
     pub(super) hotplug: Option<Arc<Hotplug>>,
-    vcpu_slot: Arc<ArcSwapOption<VcpuSet>>,
+    pub(super) vcpu_slot: Arc<ArcSwapOption<VcpuSet>>,
     running: Option<Running>,
+    /// Run state, events and device lists for the monitor (control.rs).
+    pub(super) monitor: MonitorState,
     /// How many times the guest was started (1 + reboots).
     pub boots: u32,
 }
@@ -213,7 +215,10 @@ impl Machine {
             reset_ports::I8042_COMMAND,
             &io("i8042-cmd", 1, kbd),
         )?;
-        let pm1 = Arc::new(Pm1::new(requests.clone()));
+        let sci = Arc::new(
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| MachineError::Device("acpi-sci", e))?,
+        );
+        let pm1 = Arc::new(Pm1::new(requests.clone()).with_sci(sci.clone()));
         tx.add_subregion(
             &pc.io_root,
             u64::from(acpi::PM_BASE),
@@ -232,8 +237,9 @@ impl Machine {
             requests,
             stats: Arc::default(),
             pci,
+            monitor: MonitorState::new(pm1.clone()),
             resets: vec![cmos as Arc<dyn Reset>, pm1 as Arc<dyn Reset>],
-            irq_lines: Vec::new(),
+            irq_lines: vec![(sci, u32::from(acpi::SCI_IRQ))],
             router: GsiRouter::new(KvmRouting::detached()),
             dma,
             iothreads: Vec::new(),
@@ -456,6 +462,7 @@ impl Machine {
     /// are handled here.
     pub fn run(&mut self) -> Result<u32, MachineError> {
         self.start()?;
+        self.monitor_started();
         loop {
             if let Some(err) = self.wait_event() {
                 self.teardown();
@@ -465,13 +472,16 @@ impl Machine {
                 Some(Request::Stop(status)) => {
                     log::info!("guest stopped with status {status}");
                     self.teardown();
+                    self.monitor_stopped();
                     return Ok(status);
                 }
                 Some(Request::Reset) => {
                     log::info!("guest reset");
                     self.teardown();
                     self.reset_platform()?;
+                    self.monitor_reset();
                     self.start()?;
+                    self.monitor_started();
                 }
                 None => {}
             }
@@ -537,5 +547,10 @@ impl Machine {
 impl Drop for Machine {
     fn drop(&mut self) {
         self.teardown();
+        // Devices are also held by the memory tree (their regions), so
+        // dropping the machine alone would not stop them.
+        for v in &self.virtio {
+            v.shutdown();
+        }
     }
 }

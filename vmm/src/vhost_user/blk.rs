@@ -375,6 +375,15 @@ impl VirtioDevice for VhostUserBlk {
         self.stop_rings();
     }
 
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.stop_rings();
+        if let Some(w) = self.watcher.take() {
+            let _ = w.join();
+        }
+        self.shared.conn.disconnect();
+    }
+
     fn stats(&self) -> String {
         format!(
             "backend={} queues={} started={} reconnects={}",
@@ -388,10 +397,6 @@ impl VirtioDevice for VhostUserBlk {
 
 impl Drop for VhostUserBlk {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        self.stop_rings();
-        if let Some(w) = self.watcher.take() {
-            let _ = w.join();
-        }
+        self.shutdown();
     }
 }

@@ -34,6 +34,12 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, a: Activation) -> Result<(), String>;
     /// Stops serving; when this returns no queue is touched any more.
     fn reset(&mut self);
+    /// The machine is going away: stop for good and let go of outside
+    /// resources (connections, threads) even if something still holds the
+    /// device.
+    fn shutdown(&mut self) {
+        self.reset();
+    }
     /// One line of device statistics for exit reports.
     fn stats(&self) -> String {
         String::new()

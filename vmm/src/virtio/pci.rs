@@ -297,6 +297,11 @@ impl<R: Routing + 'static> VirtioPci<R> {
         }
     }
 
+    /// The machine is going away.
+    pub fn shutdown(&self) {
+        self.lock().device.shutdown();
+    }
+
     /// Machine reset: device stopped, common config and MSI-X as at
     /// power-on.
     fn machine_reset(&self) {

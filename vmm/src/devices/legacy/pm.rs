@@ -2,9 +2,15 @@
 //! status/enable, PM1a control, and the 32-bit PM timer at
 //! 3.579545 MHz. SCI_EN reads as set (there is no SMM to hand over from).
 //! Writing SLP_EN with the \_S5 sleep type powers the machine off.
+//! The power button (`press_power_button`) sets PWRBTN_STS and, when the
+//! guest enabled it, raises the SCI (GSI 9) through the line `with_sci`
+//! gave.
 
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
+
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::S5_TYPE;
 use crate::machine::requests::{Request, Requests};
@@ -14,6 +20,8 @@ pub const SIZE: u64 = 12;
 const SCI_EN: u16 = 1;
 const SLP_EN: u16 = 1 << 13;
 const PM_TIMER_HZ: u128 = 3_579_545;
+/// PM1 status and enable: the power button (PWRBTN_STS, PWRBTN_EN).
+pub const PWRBTN: u16 = 1 << 8;
 
 pub struct Pm1 {
     requests: Requests,
@@ -21,6 +29,8 @@ pub struct Pm1 {
     enable: AtomicU16,
     control: AtomicU16,
     start: Instant,
+    /// The SCI line (bound to GSI 9), if wired.
+    sci: Option<Arc<EventFd>>,
 }
 
 impl Pm1 {
@@ -31,6 +41,31 @@ impl Pm1 {
             enable: AtomicU16::new(0),
             control: AtomicU16::new(SCI_EN),
             start: Instant::now(),
+            sci: None,
+        }
+    }
+
+    /// Raises the SCI on `sci` when an enabled status bit is set.
+    pub fn with_sci(mut self, sci: Arc<EventFd>) -> Self {
+        self.sci = Some(sci);
+        self
+    }
+
+    /// Presses the power button: PWRBTN_STS, and an SCI if PWRBTN_EN.
+    pub fn press_power_button(&self) {
+        self.status.fetch_or(PWRBTN, Ordering::Relaxed);
+        self.update_sci();
+    }
+
+    /// Pulses the SCI while an enabled event is pending.
+    fn update_sci(&self) {
+        let pending = self.status.load(Ordering::Relaxed) & self.enable.load(Ordering::Relaxed);
+        if pending & PWRBTN != 0 {
+            if let Some(sci) = &self.sci {
+                if let Err(e) = sci.write(1) {
+                    log::warn!("acpi-pm1: cannot raise the SCI: {e}");
+                }
+            }
         }
     }
 
@@ -61,7 +96,10 @@ impl RegionOps for Pm1 {
             0 => {
                 self.status.fetch_and(!v, Ordering::Relaxed);
             }
-            2 => self.enable.store(v, Ordering::Relaxed),
+            2 => {
+                self.enable.store(v, Ordering::Relaxed);
+                self.update_sci();
+            }
             4 => {
                 self.control
                     .store((v & !SLP_EN) | SCI_EN, Ordering::Relaxed);
@@ -107,5 +145,23 @@ mod tests {
         pm.read(8, &mut t1);
         let d = u32::from_le_bytes(t1).wrapping_sub(u32::from_le_bytes(t0));
         assert!(d >= 7000, "2 ms is about 7159 ticks, got {d}");
+    }
+
+    #[test]
+    fn the_power_button_sets_its_status_and_raises_the_sci_when_enabled() {
+        let sci = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let pm = Pm1::new(Requests::new().unwrap()).with_sci(sci.clone());
+        pm.press_power_button();
+        let mut st = [0u8; 2];
+        pm.read(0, &mut st);
+        assert_eq!(u16::from_le_bytes(st) & PWRBTN, PWRBTN);
+        assert!(sci.read().is_err(), "not enabled: no SCI");
+        pm.write(2, &PWRBTN.to_le_bytes());
+        assert_eq!(sci.read().unwrap(), 1, "enabling a pending event raises it");
+        pm.write(0, &PWRBTN.to_le_bytes());
+        pm.read(0, &mut st);
+        assert_eq!(u16::from_le_bytes(st) & PWRBTN, 0, "write 1 to clear");
+        pm.press_power_button();
+        assert_eq!(sci.read().unwrap(), 1);
     }
 }
