@@ -105,6 +105,9 @@ fn run(opts: Options) -> anyhow::Result<u32> {
     for v in &opts.vhost_user_blk {
         machine.add_vhost_user_blk(v)?;
     }
+    for d in &opts.vfio_user {
+        machine.add_vfio_user(d)?;
+    }
     let status = machine.run();
     if opts.exit_stats {
         eprint!("{}", machine.exit_report());

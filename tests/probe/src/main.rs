@@ -21,6 +21,7 @@ mod acpi;
 mod blk;
 mod bootparams;
 mod cmdline;
+mod edu;
 mod entry;
 mod mem;
 mod memloop;
@@ -47,6 +48,7 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     ram::run(&params);
     pci::run();
     blk::run(&cmdline);
+    edu::run();
     pam::run();
     unassigned::run();
     let cpus = cmdline.number("cpus").unwrap_or(1);

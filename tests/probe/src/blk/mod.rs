@@ -11,11 +11,11 @@
 mod bench;
 mod checks;
 mod dev;
-mod mmio;
+pub(crate) mod mmio;
 mod pattern;
 mod req;
-mod timer;
-mod transport;
+pub(crate) mod timer;
+pub(crate) mod transport;
 mod virtq;
 
 use core::fmt::{self, Write};
