@@ -275,3 +275,26 @@ fn a_server_that_dies_leaves_a_device_reading_all_ones() {
         "{text}"
     );
 }
+
+#[test]
+fn ram_added_and_removed_later_is_mapped_and_unmapped_for_the_device() {
+    use vmm::memory::MemoryRegion;
+    let mut server = Server::start("hotplug");
+    let (mut m, _out) = machine("");
+    m.add_vfio_user(&server.config())
+        .expect("the device is added");
+    let before = server.dma_dump();
+
+    let hot = MemoryRegion::ram("hot-ram", 64 << 20).expect("RAM");
+    let tx = m.memory.begin();
+    tx.add_subregion(&m.pc.system, 1 << 32, &hot).unwrap();
+    tx.commit().expect("the hot add");
+    let with = server.dma_dump();
+    assert!(with.contains(&(1 << 32, 64 << 20)), "{with:x?}");
+    assert_eq!(with, ram_ranges(&m));
+
+    let tx = m.memory.begin();
+    tx.del_subregion(&m.pc.system, &hot).unwrap();
+    tx.commit().expect("the removal");
+    assert_eq!(server.dma_dump(), before);
+}

@@ -5,7 +5,6 @@ use std::io::{Read, Write};
 use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use vfio_bindings::bindings::vfio::{
@@ -16,7 +15,6 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::wire::{self, Header, Reader, Writer, FLAG_ERROR, FLAG_REPLY, HEADER_SIZE};
 use crate::backend::{BackendError, RegionInfo, VfioBackend};
-use crate::dma::{DmaError, DmaMapper, DmaRequest};
 
 /// Regions and IRQ indices believed from a server.
 const MAX_REGIONS: u32 = 16;
@@ -302,49 +300,5 @@ impl VfioBackend for UserClient {
     fn reset(&mut self) -> Result<(), BackendError> {
         self.call(wire::DEVICE_RESET, &[], &[])?;
         Ok(())
-    }
-}
-
-/// The `DmaMapper` of a vfio-user device: DMA_MAP with the memory's file.
-#[derive(Clone)]
-pub struct UserDma(pub Arc<Mutex<UserClient>>);
-
-impl UserDma {
-    fn lock(&self) -> MutexGuard<'_, UserClient> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl DmaMapper for UserDma {
-    unsafe fn map(&mut self, req: DmaRequest) -> Result<(), DmaError> {
-        let (iova, size) = (req.iova, req.size);
-        let refuse = |source| DmaError::Map { iova, size, source };
-        let Some((fd, offset)) = req.file else {
-            return Err(refuse(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "memory without a file cannot be shared with a vfio-user server",
-            )));
-        };
-        let mut client = self.lock();
-        if let Some(why) = client.broken() {
-            // A dead device cannot DMA: not a reason to refuse the guest memory.
-            log::warn!("vfio-user: map of {iova:#x}+{size:#x} skipped: {why}");
-            return Ok(());
-        }
-        client
-            .dma_map(iova, size, fd, offset, req.readonly)
-            .map_err(|e| refuse(std::io::Error::other(e)))
-    }
-
-    fn unmap(&mut self, iova: u64, size: u64) -> Result<(), DmaError> {
-        let mut client = self.lock();
-        if client.broken().is_some() {
-            return Ok(());
-        }
-        client.dma_unmap(iova, size).map_err(|e| DmaError::Unmap {
-            iova,
-            size,
-            source: std::io::Error::other(e),
-        })
     }
 }

@@ -9,6 +9,11 @@
 //! and every later call fails at once with the first reason.
 
 mod client;
+mod dma;
 mod wire;
 
-pub use client::{UserClient, UserDma, UserError};
+#[cfg(test)]
+mod tests;
+
+pub use client::{UserClient, UserError};
+pub use dma::UserDma;

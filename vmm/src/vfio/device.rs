@@ -23,12 +23,11 @@ use vmm_vfio::backend::{
 };
 use vmm_vfio::{BackendError, VfioBackend};
 
+use super::config::{virtual_config, MsixLayout};
 use crate::interrupt::{GsiRouter, MsixConfig, MsixTable, Routing};
 use crate::memory::{Memory, MemoryError, MemoryRegion, RegionOps, Transaction};
-use crate::pci::config::{CAPABILITIES, COMMAND, SIZE as CONFIG_SIZE, STATUS, STATUS_CAP_LIST};
+use crate::pci::config::{COMMAND, SIZE as CONFIG_SIZE};
 use crate::pci::{BarKind, ConfigSpace, PciDevice, PciFunction};
-
-const CAP_MSIX: u8 = 0x11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioPciError {
@@ -52,17 +51,6 @@ pub enum VfioPciError {
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Pci(#[from] crate::pci::PciError),
-}
-
-/// Where the MSI-X capability puts things.
-#[derive(Clone, Copy, Debug)]
-struct MsixLayout {
-    cap: usize,
-    vectors: u16,
-    table_bar: usize,
-    table_offset: u64,
-    pba_bar: usize,
-    pba_offset: u64,
 }
 
 pub struct VfioPci<R: Routing> {
@@ -221,47 +209,6 @@ impl<R: Routing + 'static> VfioPci<R> {
             self.failure("device reset", &e);
         }
     }
-}
-
-/// Our copy of the device's config space: identity, capabilities and
-/// subsystem ids from the device; BARs empty (added as ours); MSI-X
-/// disabled with its control bits writable; no INTx.
-fn virtual_config(raw: &[u8; CONFIG_SIZE]) -> (ConfigSpace, Option<MsixLayout>) {
-    let u16_at = |o: usize| u16::from_le_bytes([raw[o], raw[o + 1]]);
-    let u32_at = |o: usize| u32::from_le_bytes([raw[o], raw[o + 1], raw[o + 2], raw[o + 3]]);
-    let class = u32_at(0x08) >> 8;
-    let mut cfg = ConfigSpace::new(u16_at(0), u16_at(2), class, raw[0x08]);
-    cfg.set(0x2c, &raw[0x2c..0x30]);
-    cfg.set(0x40, &raw[0x40..]);
-    let caps = u16_at(STATUS) & STATUS_CAP_LIST != 0;
-    if !caps {
-        return (cfg, None);
-    }
-    cfg.set_u8(CAPABILITIES, raw[CAPABILITIES]);
-    cfg.set_u16(STATUS, STATUS_CAP_LIST);
-    let mut at = usize::from(raw[CAPABILITIES] & 0xfc);
-    for _ in 0..48 {
-        if at < 0x40 || at + 12 > CONFIG_SIZE {
-            break;
-        }
-        if raw[at] == CAP_MSIX {
-            let ctl = u16_at(at + 2);
-            let (table, pba) = (u32_at(at + 4), u32_at(at + 8));
-            cfg.set_u16(at + 2, ctl & 0x7ff);
-            cfg.set_writable(at + 2, &[0, 0xc0]);
-            let layout = MsixLayout {
-                cap: at,
-                vectors: (ctl & 0x7ff) + 1,
-                table_bar: (table & 7) as usize,
-                table_offset: u64::from(table & !7),
-                pba_bar: (pba & 7) as usize,
-                pba_offset: u64::from(pba & !7),
-            };
-            return (cfg, Some(layout));
-        }
-        at = usize::from(raw[at + 1] & 0xfc);
-    }
-    (cfg, None)
 }
 
 /// A BAR's accesses, forwarded to the device's region.

@@ -2,6 +2,7 @@
 //! step with guest memory, and the PCI device model of a passed-through
 //! device (behind vmm-vfio's `VfioBackend`: a vfio-user server for now).
 
+mod config;
 pub mod device;
 pub mod listener;
 
