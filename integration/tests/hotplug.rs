@@ -324,13 +324,15 @@ fn a_backend_without_a_free_slot_refuses_the_dimm_and_nothing_of_it_remains() {
     assert_eq!(status, 0);
 }
 
-/// The `vmm` binary with hotplug, one virtio-blk disk and one vhost-user-blk
-/// disk at `sock`, QMP at `qmp`, COM1 into `serial`, the probe in dimm mode.
-fn vmm_process(disk: &Path, sock: &Path, qmp: &Path, serial: &Path) -> Child {
+/// The `vmm` binary with hotplug, one virtio-blk disk, one vhost-user-blk
+/// disk at `sock` and the vfio-user edu device at `edu`: the three kinds of
+/// DMA consumer. QMP at `qmp`, COM1 into `serial`, the probe in dimm mode.
+fn vmm_process(disk: &Path, sock: &Path, edu: &Path, qmp: &Path, serial: &Path) -> Child {
     Command::new(testkit::process::vmm_binary())
         .args(["--memory", "size=256M,hotplug_size=1G,slots=4"])
         .args(["--disk", &format!("path={}", disk.display())])
         .args(["--vhost-user-blk", &format!("socket={}", sock.display())])
+        .args(["--device", &format!("vfio-user,socket={}", edu.display())])
         .args(["--qmp", qmp.to_str().unwrap()])
         .args(["--serial", &format!("file={}", serial.display())])
         .args(["--cmdline", "console=ttyS0 probe=none probe=dimm"])
@@ -385,7 +387,8 @@ fn qmp_hot_adds_a_dimm_for_every_consumer_and_removes_it_from_all() {
         std::fs::write(p, testkit::pattern::image(3, SECTORS)).unwrap();
     }
     let daemon = Daemon::start(&remote, &sock);
-    let mut vmm = vmm_process(&disk, &sock, &qmp, &serial);
+    let mut edu = testkit::edu::Server::start("hotplug-qmp");
+    let mut vmm = vmm_process(&disk, &sock, &edu.socket, &qmp, &serial);
     let text = qmp_client(&qmp, &serial, "add-remove");
     let status = wait_child(&mut vmm);
     let guest = std::fs::read_to_string(&serial).unwrap_or_default();
@@ -393,6 +396,7 @@ fn qmp_hot_adds_a_dimm_for_every_consumer_and_removes_it_from_all() {
     for check in [
         "virtio-blk 00:03.0 DMA from and into the DIMM verifies",
         "virtio-blk 00:04.0 DMA from and into the DIMM verifies",
+        "edu 00:1f.0 DMA from and into the DIMM verifies",
         "dimm: the memory is gone after eject",
     ] {
         assert!(
@@ -420,6 +424,10 @@ fn qmp_hot_adds_a_dimm_for_every_consumer_and_removes_it_from_all() {
         !daemon.settled().contains(&dimm),
         "the daemon still has {dimm}"
     );
+    // The vfio-user server let go of it too (the VMM has exited, so it
+    // holds nothing at all now; while the DIMM was in use its DMA check
+    // above went through the server's mapping of it).
+    assert_eq!(edu.dma_dump(), Vec::<(u64, u64)>::new());
 }
 
 #[test]
@@ -432,10 +440,36 @@ fn qmp_device_add_refused_by_a_backend_leaves_nothing_behind() {
     }
     // The PC layout takes two regions of a memory table: no room for more.
     let daemon = Daemon::start_with(&remote, &sock, 2);
-    let mut vmm = vmm_process(&disk, &sock, &qmp, &serial);
-    let text = qmp_client(&qmp, &serial, "refused");
+    let mut edu = testkit::edu::Server::start("hotplug-refused");
+    let before = edu.dma_dump();
+    let mut vmm = vmm_process(&disk, &sock, &edu.socket, &qmp, &serial);
+    // The client stops before `quit` until told: the vfio listener
+    // (priority 0) mapped the DIMM before vhost (5) refused it, and the
+    // rollback must have unmapped it again while the VMM still runs.
+    let quit = dir.join("quit");
+    let client = std::thread::spawn({
+        let (qmp, serial) = (qmp.clone(), serial.clone());
+        move || qmp_client(&qmp, &serial, "refused")
+    });
+    let start = Instant::now();
+    while !dir.join("ready").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the client never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let during = edu.dma_dump();
+    std::fs::write(&quit, b"").unwrap();
+    let text = client.join().unwrap();
     let status = wait_child(&mut vmm);
     assert!(status.success(), "vmm: {status}\n{text}");
+    assert!(before.is_empty(), "{before:x?}");
+    assert!(!during.is_empty(), "the server maps guest RAM");
+    assert!(
+        during.iter().all(|&(iova, _)| iova < 1 << 32),
+        "the refused DIMM is still mapped for the device: {during:x?}"
+    );
     let table = daemon.settled();
     assert_eq!(table.len(), 2, "{table:?}");
     assert!(

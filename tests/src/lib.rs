@@ -1,6 +1,7 @@
 //! Test kit for the end-to-end suites: guest assets, the process harness for
 //! `vmm` and its peers, and a QMP client.
 
+pub mod edu;
 pub mod guest_kit;
 pub mod pattern;
 pub mod probe;

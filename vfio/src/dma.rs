@@ -1,6 +1,8 @@
 //! What may be mapped for device DMA, and the interface to whatever maps it
 //! (a VFIO container, an iommufd IOAS, a vfio-user server, or a recorder).
 
+use std::os::fd::RawFd;
+
 /// One mapping: the guest physical range `iova .. iova + size` (IOVA equals
 /// guest physical address) backed by host memory at `vaddr`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,6 +12,9 @@ pub struct DmaRequest {
     pub vaddr: u64,
     /// The device may only read (ROM).
     pub readonly: bool,
+    /// The file behind `vaddr` and the offset of the first byte in it, for
+    /// mappers that hand memory to another process (vfio-user).
+    pub file: Option<(RawFd, u64)>,
 }
 
 /// Errors of DMA mapping.
@@ -93,6 +98,7 @@ impl DmaRules {
             size: end - start,
             vaddr,
             readonly,
+            file: None,
         })
     }
 }

@@ -2,10 +2,14 @@
 //! and the DMA mapping rules the `vfio` memory listener follows. Knows nothing
 //! of the `vmm` crate: everything is plain addresses, sizes and file handles.
 
+pub mod backend;
 pub mod container;
 pub mod dma;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod recorder;
+pub mod user;
 
+pub use backend::{BackendError, RegionInfo, VfioBackend};
 pub use container::ContainerMapper;
 pub use dma::{DmaError, DmaMapper, DmaRequest, DmaRules};
+pub use user::{UserClient, UserDma, UserError};

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::machine::{DiskConfig, VhostUserBlkConfig};
+use crate::machine::{DiskConfig, VfioUserConfig, VhostUserBlkConfig};
 
 pub const USAGE: &str = "\
 usage: vmm [options]
@@ -32,6 +32,10 @@ usage: vmm [options]
                      10, 0 = never) for a backend that went away
   --qmp PATH         a QMP monitor on unix socket PATH (mode 0600); QEMU's
                      spelling unix:PATH,server=on,wait=off works too
+  --device vfio-user,socket=PATH[,timeout=SECS]
+                     a PCI device served by a vfio-user server (e.g. our
+                     vfio-user-edu); each exchange may take up to timeout
+                     (default 5) seconds
   --exit-stats       print exits by kind, per device, to stderr at the end
   -h, --help         this text
 
@@ -60,6 +64,7 @@ pub struct Options {
     pub iothreads: Vec<String>,
     pub disks: Vec<DiskConfig>,
     pub vhost_user_blk: Vec<VhostUserBlkConfig>,
+    pub vfio_user: Vec<VfioUserConfig>,
     pub exit_stats: bool,
     /// `--qmp`: the QMP socket's path.
     pub qmp: Option<PathBuf>,
@@ -79,6 +84,7 @@ impl Default for Options {
             iothreads: Vec::new(),
             disks: Vec::new(),
             vhost_user_blk: Vec::new(),
+            vfio_user: Vec::new(),
             exit_stats: false,
             qmp: None,
         }
@@ -105,6 +111,8 @@ pub enum CliError {
     VhostUserBlk(String),
     #[error("--qmp: {0}")]
     Qmp(String),
+    #[error("--device: {0}")]
+    Device(String),
     #[error("help requested")]
     Help,
 }
@@ -178,6 +186,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
             }
             "--disk" => o.disks.push(parse_disk(&value(&name)?)?),
             "--vhost-user-blk" => o.vhost_user_blk.push(parse_vhost_user_blk(&value(&name)?)?),
+            "--device" => o.vfio_user.push(parse_device(&value(&name)?)?),
             "--exit-stats" => o.exit_stats = true,
             "--qmp" => o.qmp = Some(parse_qmp(&value(&name)?)?),
             _ => return Err(CliError::Unknown(arg)),
@@ -336,9 +345,50 @@ pub fn parse_qmp(s: &str) -> Result<PathBuf, CliError> {
     Ok(PathBuf::from(path))
 }
 
+/// `vfio-user,socket=PATH[,timeout=SECS]`, the only device kind so far.
+pub fn parse_device(s: &str) -> Result<VfioUserConfig, CliError> {
+    let bad = CliError::Device;
+    let Some(rest) = s.strip_prefix("vfio-user,") else {
+        return Err(bad(format!("{s:?} is not vfio-user,socket=PATH")));
+    };
+    let mut c = VfioUserConfig::default();
+    let mut socket = None;
+    for item in rest.split(',') {
+        match item.split_once('=') {
+            Some(("socket", v)) if !v.is_empty() => socket = Some(PathBuf::from(v)),
+            Some(("timeout", v)) => {
+                let secs = v.parse::<u64>().ok().filter(|n| (1..=3600).contains(n));
+                let secs = secs.ok_or_else(|| bad(format!("timeout={v:?} is not 1 to 3600")))?;
+                c.timeout = std::time::Duration::from_secs(secs);
+            }
+            _ => {
+                return Err(bad(format!(
+                    "vfio-user: {item:?} is not socket=PATH or timeout=SECS"
+                )))
+            }
+        }
+    }
+    c.socket = socket.ok_or_else(|| bad("vfio-user: socket=PATH is missing".into()))?;
+    Ok(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vfio_user_devices() {
+        let o = parse(["--device", "vfio-user,socket=/s,timeout=2"].map(String::from)).unwrap();
+        assert_eq!(o.vfio_user[0].socket, PathBuf::from("/s"));
+        assert_eq!(o.vfio_user[0].timeout.as_secs(), 2);
+        let e = parse(["--device", "vfio-user,timeout=2"].map(String::from)).unwrap_err();
+        assert_eq!(e.to_string(), "--device: vfio-user: socket=PATH is missing");
+        let e = parse(["--device=virtio-net,socket=/s".to_string()]).unwrap_err();
+        assert!(
+            e.to_string().contains("is not vfio-user,socket=PATH"),
+            "{e}"
+        );
+    }
 
     fn p(args: &[&str]) -> Result<Options, CliError> {
         parse(args.iter().map(|s| s.to_string()))

@@ -110,6 +110,9 @@ fn run(opts: Options) -> anyhow::Result<u32> {
     for v in &opts.vhost_user_blk {
         machine.add_vhost_user_blk(v)?;
     }
+    for d in &opts.vfio_user {
+        machine.add_vfio_user(d)?;
+    }
     let control = machine.control();
     let quitter = control.clone();
     vmm::qmp::signals::quit_on_signals(move |_| quitter.quit_with("host-signal"))

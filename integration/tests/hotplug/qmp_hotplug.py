@@ -14,6 +14,7 @@ exits non-zero at the first that fails.
 """
 
 import asyncio
+import os
 import sys
 import time
 
@@ -106,6 +107,13 @@ async def refused(qmp, serial):
     ok("mem1" not in await mtree(qmp), "info mtree -f does not show it")
     await qmp.execute("object-del", {"id": "mem1"})
     ok(True, "the backend is free again")
+    # The host checks the vfio-user server's maps now, then lets us quit.
+    ready = os.path.join(os.path.dirname(serial), "ready")
+    quit_file = os.path.join(os.path.dirname(serial), "quit")
+    open(ready, "w").close()
+    start = time.monotonic()
+    while not os.path.exists(quit_file) and time.monotonic() - start < 60:
+        await asyncio.sleep(0.02)
     await qmp.execute("quit")
 
 

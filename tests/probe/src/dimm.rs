@@ -86,6 +86,7 @@ pub fn run() {
 
     // Every disk moves data out of and into the DIMM by DMA.
     crate::blk::dimm_dma::run(base, base + 2 * MIB, SEED);
+    crate::edu::dimm_dma(base);
     crate::diag!("dimm: used");
 
     let removal = wait_for(REMOVE, 60_000);

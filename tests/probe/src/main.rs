@@ -23,6 +23,7 @@ mod blk;
 mod bootparams;
 mod cmdline;
 mod dimm;
+mod edu;
 mod entry;
 mod mem;
 mod memloop;
@@ -49,6 +50,7 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     ram::run(&params);
     pci::run();
     blk::run(&cmdline);
+    edu::run();
     pam::run();
     unassigned::run();
     let cpus = cmdline.number("cpus").unwrap_or(1);

@@ -10,6 +10,7 @@ pub mod layout;
 pub mod pam;
 pub mod pc;
 pub mod requests;
+pub mod vfio_user;
 
 #[cfg(test)]
 mod tests;
@@ -19,3 +20,4 @@ pub use disks::{DiskConfig, VhostUserBlkConfig};
 pub use layout::PcMemory;
 pub use pc::{Machine, MachineConfig, MachineError, Reset};
 pub use requests::{Request, Requests};
+pub use vfio_user::VfioUserConfig;

@@ -47,8 +47,13 @@ impl<M: DmaMapper> VfioListener<M> {
             return None;
         }
         let host = r.host_addr()?;
-        self.rules
-            .window(r.addr, r.size, host, r.readonly || r.is_rom())
+        let mut req = self
+            .rules
+            .window(r.addr, r.size, host, r.readonly || r.is_rom())?;
+        req.file = r
+            .fd_offset()
+            .map(|(fd, offset)| (fd, offset + (req.iova - r.addr)));
+        Some(req)
     }
 }
 

@@ -206,3 +206,52 @@ fn unaligned_ram_pieces_are_mapped_by_whole_pages_only() {
         "{l:x?}"
     );
 }
+
+/// Keeps every map request, to look at what it carries.
+struct Keep(Arc<std::sync::Mutex<Vec<DmaRequest>>>);
+
+impl DmaMapper for Keep {
+    unsafe fn map(&mut self, req: DmaRequest) -> Result<(), DmaError> {
+        self.0.lock().unwrap().push(req);
+        Ok(())
+    }
+    fn unmap(&mut self, _iova: u64, _size: u64) -> Result<(), DmaError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn requests_carry_the_ram_file_and_the_offset_of_their_first_byte() {
+    let mem = Memory::new();
+    let pc = PcMemory::new(&mem, 512 << 20).unwrap();
+    let kept = Arc::default();
+    let rules = DmaRules {
+        page_size: 4096,
+        max_mappings: 100,
+    };
+    let l = VfioListener::new(Keep(Arc::clone(&kept)), rules);
+    mem.register_listener(&pc.memory, Box::new(l)).unwrap();
+    let low = pc.ram.ram_block().unwrap();
+    let find = |iova: u64| {
+        kept.lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.iova == iova)
+            .copied()
+    };
+    let req = find(0x10_0000).expect("RAM above 1 MiB is mapped");
+    assert_eq!(req.file, Some((low.fd(), low.file_offset() + 0x10_0000)));
+
+    // Hot-added RAM from the middle of a page (an alias 0x800 into its
+    // block at 0x800 into a page): mapped from its first whole page, the
+    // file offset moved along.
+    let hot = MemoryRegion::ram("hot", 0x10_0000).unwrap();
+    let part = MemoryRegion::alias("hot-part", &hot, 0x800, 0x10_0000 - 0x800);
+    let tx = mem.begin();
+    tx.add_subregion(&pc.system, 0x1_0000_0800, &part).unwrap();
+    tx.commit().unwrap();
+    let block = hot.ram_block().unwrap();
+    let req = find(0x1_0000_1000).expect("hot RAM is mapped");
+    assert_eq!(req.file, Some((block.fd(), block.file_offset() + 0x1000)));
+    assert_eq!(req.size, 0x10_0000 - 0x1000);
+}

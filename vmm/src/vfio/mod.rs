@@ -1,9 +1,13 @@
 //! VFIO in the machine: the `vfio` memory listener that keeps the IOMMU in
-//! step with guest memory.
+//! step with guest memory, and the PCI device model of a passed-through
+//! device (behind vmm-vfio's `VfioBackend`: a vfio-user server for now).
 
+mod config;
+pub mod device;
 pub mod listener;
 
 #[cfg(test)]
 mod listener_tests;
 
+pub use device::{VfioPci, VfioPciError};
 pub use listener::VfioListener;

@@ -17,7 +17,7 @@ pub mod pattern;
 mod req;
 mod stream;
 pub mod timer;
-mod transport;
+pub(crate) mod transport;
 mod virtq;
 
 use core::fmt::{self, Write};
