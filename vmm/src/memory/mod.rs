@@ -16,6 +16,7 @@ pub mod listener;
 pub mod mtree;
 mod ram;
 mod region;
+pub mod timed;
 mod transaction;
 
 #[cfg(any(test, feature = "test-utils"))]
