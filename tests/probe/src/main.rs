@@ -14,6 +14,7 @@
 //! `smp-memloop` runs the memory loop on AP 1 while the BSP switches PAM.
 //! `cpus=N` says how many vCPUs to expect. `dimm` waits for a hot-added
 //! DIMM, uses it (CPU and disk DMA), and ejects it when the host asks.
+//! `dirty` writes known pages, paced by the host, for the dirty-log tests.
 
 #![no_std]
 #![no_main]
@@ -23,6 +24,7 @@ mod blk;
 mod bootparams;
 mod cmdline;
 mod dimm;
+mod dirty;
 mod edu;
 mod entry;
 mod mem;
@@ -57,6 +59,9 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     acpi::run(boot_params, cpus);
     let smp_loop = cmdline.selects("smp-memloop").then(|| cmdline.number("memloop").unwrap_or(1_000_000));
     smp::run(cpus, smp_loop);
+    if cmdline.selects("dirty") {
+        dirty::run();
+    }
     if cmdline.selects("dimm") {
         dimm::run();
     }

@@ -35,6 +35,11 @@ pub trait Memslots: Send {
     /// `userspace_addr .. + memory_size` must stay mapped in this process
     /// until the slot is deleted or replaced.
     unsafe fn set(&mut self, region: kvm_userspace_memory_region) -> io::Result<()>;
+    /// KVM_GET_DIRTY_LOG of a slot with KVM_MEM_LOG_DIRTY_PAGES: one bit
+    /// per page written since the last call (which re-arms tracking).
+    fn dirty_log(&mut self, _slot: u32, _size: u64) -> io::Result<Vec<u64>> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
 }
 
 /// Memslots of a real VM.
@@ -58,6 +63,11 @@ impl Memslots for KvmSlots {
         // SAFETY: the caller keeps the host range mapped while the slot
         // exists (this function's contract).
         unsafe { self.vm.set_user_memory_region(region) }.map_err(io::Error::from)
+    }
+    fn dirty_log(&mut self, slot: u32, size: u64) -> io::Result<Vec<u64>> {
+        self.vm
+            .get_dirty_log(slot, size as usize)
+            .map_err(io::Error::from)
     }
 }
 
@@ -377,6 +387,28 @@ impl<M: Memslots> MemoryListener for KvmMemoryListener<M> {
     }
     fn log_stop(&mut self, r: &FlatRange, _old: u8, _new: u8) {
         self.relog.push(r.clone());
+    }
+    /// Collects KVM's dirty bits of the slots inside `r` into their RAM
+    /// blocks' bitmaps (which re-arms KVM's tracking: the get clears).
+    fn log_sync(&mut self, r: &FlatRange) {
+        let inside: Vec<Slot> = self
+            .slots
+            .range(r.addr..r.end())
+            .map(|(_, s)| s.clone())
+            .filter(|s| s.flags & KVM_MEM_LOG_DIRTY_PAGES != 0)
+            .collect();
+        for s in inside {
+            let Some(block) = s.range.region.ram_block() else {
+                continue;
+            };
+            match self.kvm.dirty_log(s.number, s.size) {
+                Ok(bits) => {
+                    let first = (s.host - block.host_addr()) / PAGE;
+                    block.dirty.merge(first, &bits);
+                }
+                Err(e) => log::warn!("kvm-memory: dirty log of slot {}: {e}", s.number),
+            }
+        }
     }
     fn commit(&mut self) -> HookResult {
         self.apply()?;

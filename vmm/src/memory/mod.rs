@@ -9,6 +9,7 @@
 //! error.
 
 mod address_space;
+pub mod dirty_log;
 pub mod dma;
 mod fanout;
 mod flatview;

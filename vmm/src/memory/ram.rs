@@ -50,6 +50,8 @@ pub struct RamBlock {
     /// Whether dropping the block unmaps `host` (false for mappings a
     /// device owns and unmaps itself).
     owns_mapping: bool,
+    /// Pages written since the dirty log was last taken.
+    pub dirty: super::dirty_log::DirtyBitmap,
 }
 
 // SAFETY: the block is a plain host mapping; the pointer is only an address
@@ -94,6 +96,7 @@ impl RamBlock {
             file,
             file_offset: 0,
             owns_mapping: true,
+            dirty: super::dirty_log::DirtyBitmap::new(size),
         })
     }
 
@@ -119,6 +122,7 @@ impl RamBlock {
             file,
             file_offset,
             owns_mapping: false,
+            dirty: super::dirty_log::DirtyBitmap::new(size),
         }
     }
 
