@@ -111,3 +111,44 @@ fn kvm_reports_exactly_the_pages_the_guest_wrote_and_a_clear_rearms_it() {
         );
     }
 }
+
+#[test]
+fn calc_dirty_rate_over_qmp_measures_what_the_guest_writes() {
+    let dir = std::env::temp_dir().join(format!("vmm-dirty-rate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (qmp, serial) = (dir.join("qmp.sock"), dir.join("com1.txt"));
+    let mb = 32;
+    let mut vmm = std::process::Command::new(testkit::process::vmm_binary())
+        .args(["--memory", "256M", "--qmp", qmp.to_str().unwrap()])
+        .args(["--serial", &format!("file={}", serial.display())])
+        .args([
+            "--cmdline",
+            &format!("console=ttyS0 probe=none probe=dirtyrate dirtyrate-mb={mb} dirtyrate-secs=4"),
+        ])
+        .spawn()
+        .expect("the vmm binary");
+    let start = Instant::now();
+    while !qmp.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no QMP socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dirty_log/qmp_dirty_rate.py");
+    let out = std::process::Command::new(testkit::qmp::python())
+        .arg(&script)
+        .args([
+            qmp.to_str().unwrap(),
+            serial.to_str().unwrap(),
+            &mb.to_string(),
+        ])
+        .output()
+        .expect("python runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let status = vmm.wait().unwrap();
+    let guest = std::fs::read_to_string(&serial).unwrap_or_default();
+    eprintln!("{text}");
+    assert!(out.status.success(), "{text}\nguest:\n{guest}");
+    assert!(status.success(), "vmm: {status}\n{guest}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -45,3 +45,32 @@ pub fn run() {
     }
     crate::check!("dirty: the host paced both sets", ok, "mailbox {}", rd::<u64>(MAILBOX));
 }
+
+/// `probe=dirtyrate dirtyrate-mb=N dirtyrate-secs=S`: writes one word in
+/// each of N MiB worth of distinct pages per second, paced on the PM timer,
+/// for S seconds, cycling through 128 MiB at 96 MiB (so a page is not
+/// written twice within 128 / N seconds). The host's `calc-dirty-rate`
+/// should report N.
+pub fn rate(mb_per_s: u64, secs: u64) {
+    use crate::blk::timer::{pm_now, ticks, PM_HZ};
+    const BASE: u64 = 96 * MIB;
+    const PAGES: u64 = 128 * MIB / PAGE;
+    let per_s = mb_per_s * MIB / PAGE;
+    crate::diag!("dirtyrate: writing {mb_per_s} MiB/s ({per_s} pages/s) for {secs} s");
+    let (mut last, mut elapsed, mut written) = (pm_now(), 0u64, 0u64);
+    while elapsed < secs * PM_HZ {
+        let now = pm_now();
+        elapsed += ticks(last, now);
+        last = now;
+        let due = (elapsed as u128 * per_s as u128 / PM_HZ as u128) as u64;
+        while written < due {
+            wr::<u64>(BASE + (written % PAGES) * PAGE, written);
+            written += 1;
+        }
+    }
+    crate::check!(
+        "dirtyrate: pages written at the asked rate",
+        written + per_s / 100 >= per_s * secs,
+        "{written} pages in {secs} s"
+    );
+}

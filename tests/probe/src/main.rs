@@ -62,6 +62,12 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     if cmdline.selects("dirty") {
         dirty::run();
     }
+    if cmdline.selects("dirtyrate") {
+        dirty::rate(
+            cmdline.number("dirtyrate-mb").unwrap_or(32),
+            cmdline.number("dirtyrate-secs").unwrap_or(4),
+        );
+    }
     if cmdline.selects("dimm") {
         dimm::run();
     }

@@ -13,6 +13,7 @@ use super::pc::Machine;
 use super::requests::{Request, Requests};
 use crate::devices::legacy::Pm1;
 use crate::kvm::VcpuSet;
+use crate::memory::dirty_rate::DirtyRateMeter;
 use crate::memory::Memory;
 use crate::qmp::{self, BlockInfo, ControlError, CpuInfo, Events, MemoryDeviceInfo, RunStatus};
 
@@ -41,6 +42,7 @@ pub struct MonitorState {
     run: Arc<RunState>,
     pm1: Arc<Pm1>,
     blocks: Arc<Mutex<Vec<BlockInfo>>>,
+    dirty_rate: DirtyRateMeter,
 }
 
 impl MonitorState {
@@ -50,6 +52,7 @@ impl MonitorState {
             run: Arc::default(),
             pm1,
             blocks: Arc::default(),
+            dirty_rate: DirtyRateMeter::default(),
         }
     }
 
@@ -206,6 +209,17 @@ impl qmp::Control for MachineControl {
 
     fn device_del(&self, id: &str) -> Result<(), ControlError> {
         self.hotplug()?.device_del(id).map_err(ControlError::Failed)
+    }
+
+    fn calc_dirty_rate(&self, ms: u64) -> Result<(), ControlError> {
+        self.m
+            .dirty_rate
+            .start(self.memory.clone(), ms)
+            .map_err(ControlError::Failed)
+    }
+
+    fn query_dirty_rate(&self) -> crate::memory::dirty_rate::DirtyRate {
+        self.m.dirty_rate.query()
     }
 
     fn memory_devices(&self) -> Vec<MemoryDeviceInfo> {

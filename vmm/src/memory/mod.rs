@@ -10,6 +10,7 @@
 
 mod address_space;
 pub mod dirty_log;
+pub mod dirty_rate;
 pub mod dma;
 mod fanout;
 mod flatview;

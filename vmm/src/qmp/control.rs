@@ -104,4 +104,15 @@ pub trait Control: Send + Sync {
     /// guest has let go (see `Events::device_deleted`).
     fn device_del(&self, id: &str) -> Result<(), ControlError>;
     fn memory_devices(&self) -> Vec<MemoryDeviceInfo>;
+
+    /// `calc-dirty-rate` (dirty-bitmap mode) over `ms` milliseconds.
+    fn calc_dirty_rate(&self, _ms: u64) -> Result<(), ControlError> {
+        Err(ControlError::Failed(
+            "dirty rate measurement is not available".into(),
+        ))
+    }
+    /// `query-dirty-rate`.
+    fn query_dirty_rate(&self) -> crate::memory::dirty_rate::DirtyRate {
+        Default::default()
+    }
 }

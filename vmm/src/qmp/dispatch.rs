@@ -27,6 +27,8 @@ pub const COMMANDS: &[&str] = &[
     "object-del",
     "device_add",
     "device_del",
+    "calc-dirty-rate",
+    "query-dirty-rate",
 ];
 
 /// What the connection does once the reply is sent.
@@ -223,6 +225,40 @@ impl Session {
                 let id = a.str("id")?;
                 a.done()?;
                 (unit(ctl.device_del(id))?, After::Nothing)
+            }
+            "calc-dirty-rate" => {
+                let time = a.u64("calc-time")?;
+                let unit_ms = match a.opt_str("calc-time-unit")? {
+                    None | Some("second") => 1000,
+                    Some("millisecond") => 1,
+                    Some(u) => {
+                        return Err(QmpError::generic(format!(
+                            "Parameter 'calc-time-unit' does not accept value '{u}'"
+                        )))
+                    }
+                };
+                a.opt_u64("sample-pages")?;
+                match a.opt_str("mode")? {
+                    None | Some("dirty-bitmap") => {}
+                    Some(m) => {
+                        return Err(QmpError::generic(format!(
+                            "mode '{m}' is not supported (only dirty-bitmap)"
+                        )))
+                    }
+                }
+                a.done()?;
+                let ms = time.saturating_mul(unit_ms);
+                if !(1..=60_000).contains(&ms) {
+                    return Err(QmpError::generic(
+                        "Parameter 'calc-time' must be from 1 ms to 60 s",
+                    ));
+                }
+                (unit(ctl.calc_dirty_rate(ms))?, After::Nothing)
+            }
+            "query-dirty-rate" => {
+                a.opt_str("calc-time-unit")?;
+                a.done()?;
+                (query::dirty_rate(ctl), After::Nothing)
             }
             _ => {
                 return Err(QmpError::not_found(format!(

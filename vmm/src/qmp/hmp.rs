@@ -5,7 +5,7 @@ use super::control::Control;
 use crate::memory::mtree;
 
 /// The HMP commands understood, for the help text.
-const KNOWN: &str = "info mtree [-f], info ramblock, info listeners, info status";
+const KNOWN: &str = "info mtree [-f], info ramblock, info listeners, info status, info dirty-log";
 
 pub fn run(ctl: &dyn Control, line: &str) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -14,6 +14,7 @@ pub fn run(ctl: &dyn Control, line: &str) -> String {
         ["info", "mtree", "-f"] => mtree::info_mtree_flat(&ctl.memory()),
         ["info", "ramblock"] => mtree::info_ramblock(&ctl.memory()),
         ["info", "listeners"] => mtree::info_listeners(&ctl.memory()),
+        ["info", "dirty-log"] => crate::memory::dirty_rate::info_dirty_log(&ctl.memory()),
         ["info", "status"] => format!("VM status: {}\r\n", ctl.status().as_str()),
         [] => String::new(),
         _ => {

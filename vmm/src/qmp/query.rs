@@ -73,3 +73,20 @@ pub fn memory_devices(ctl: &dyn Control) -> Value {
     });
     Value::Array(devs.collect())
 }
+
+/// `query-dirty-rate`, QEMU's shape (dirty-bitmap mode).
+pub fn dirty_rate(ctl: &dyn Control) -> Value {
+    let d = ctl.query_dirty_rate();
+    let mut v = json!({
+        "status": d.status.as_str(),
+        "start-time": d.start_time,
+        "calc-time": d.calc_time_ms.div_ceil(1000),
+        "calc-time-unit": "second",
+        "sample-pages": 0,
+        "mode": "dirty-bitmap",
+    });
+    if let Some(r) = d.rate {
+        v["dirty-rate"] = json!(r);
+    }
+    v
+}
