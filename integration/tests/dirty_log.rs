@@ -152,3 +152,97 @@ fn calc_dirty_rate_over_qmp_measures_what_the_guest_writes() {
     assert!(status.success(), "vmm: {status}\n{guest}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The probe's disk reads 16 pages into the test area through a
+/// vhost-user-blk disk on our daemon while dirty logging is on; returns the
+/// test-area pages reported dirty after it.
+fn backend_write_pages(use_log: bool) -> Vec<u64> {
+    use vmm::machine::VhostUserBlkConfig;
+    let dir =
+        std::env::temp_dir().join(format!("vmm-dirty-vhost-{}-{use_log}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (image, sock) = (dir.join("disk.img"), dir.join("vub.sock"));
+    std::fs::write(&image, testkit::pattern::image(9, 131_072)).unwrap();
+    let mut daemon = std::process::Command::new(testkit::process::binary("vhost-user-blk"))
+        .args([
+            "--socket",
+            sock.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the vhost-user-blk binary");
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no daemon socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut m = Machine::new(MachineConfig {
+        memory: 256 << 20,
+        cpus: 1,
+        kernel: testkit::probe::build().expect("the probe builds"),
+        cmdline: "console=ttyS0 probe=none probe=dirtydma".into(),
+        initrd: None,
+        atomic_memslots: true,
+        aps_at_entry: true,
+    })
+    .unwrap();
+    let out = Captured::default();
+    m.attach_console(Box::new(out.clone())).unwrap();
+    m.add_vhost_user_blk(&VhostUserBlkConfig {
+        socket: sock.clone(),
+        dirty_log: use_log,
+        ..VhostUserBlkConfig::default()
+    })
+    .unwrap();
+    let memory = m.memory.clone();
+    let space = m.pc.memory.clone();
+    let ram = m.pc.ram.ram_block().expect("RAM block").clone();
+    let host = {
+        let out = out.clone();
+        std::thread::spawn(move || -> Result<Vec<u64>, String> {
+            wait_output(&out, "dirty: ready")?;
+            memory.log_global_start().map_err(|e| e.to_string())?;
+            memory.log_sync(&space);
+            ram.dirty.take();
+            ram.write(MAILBOX, &1u64.to_le_bytes());
+            wait_output(&out, "dirty: dma done")?;
+            memory.log_sync(&space);
+            let dirty = ram.dirty.take();
+            memory.log_global_stop().map_err(|e| e.to_string())?;
+            ram.write(MAILBOX, &2u64.to_le_bytes());
+            Ok(dirty)
+        })
+    };
+    let status = m.run().expect("the guest runs to its exit");
+    let text = out.text();
+    let dirty = host
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status, 0, "failed checks:\n{text}");
+    split(dirty).0
+}
+
+#[test]
+fn pages_a_vhost_user_backend_writes_come_from_its_log() {
+    let want: Vec<u64> = (64..80).collect();
+    assert_eq!(
+        backend_write_pages(true),
+        want,
+        "the disk read's buffer pages, reported through the daemon's log"
+    );
+    assert_eq!(
+        backend_write_pages(false),
+        Vec::<u64>::new(),
+        "without the backend's log nobody reports them: KVM never saw the writes"
+    );
+}

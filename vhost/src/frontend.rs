@@ -9,7 +9,7 @@
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,8 @@ pub struct BackendConn {
     /// False while the backend is gone: sinks then accept memory-table
     /// changes without sending them (the table is replayed on reconnect).
     connected: Arc<AtomicBool>,
+    /// What the driver accepted (SET_FEATURES), for the log's resends.
+    acked: Arc<AtomicU64>,
     path: PathBuf,
     max_queues: u64,
 }
@@ -90,6 +92,7 @@ pub fn wanted_protocol() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+        | VhostUserProtocolFeatures::LOG_SHMFD
 }
 
 /// Waits up to `timeout` for a socket file at `path` (Frontend::connect only
@@ -163,6 +166,7 @@ impl BackendConn {
             conn: Arc::new(Mutex::new(f)),
             negotiated,
             connected: Arc::new(AtomicBool::new(true)),
+            acked: Arc::default(),
             path: path.into(),
             max_queues,
         })
@@ -220,6 +224,7 @@ impl BackendConn {
     /// Tells the backend which virtio features the driver accepted.
     pub fn set_features(&self, driver_features: u64) -> Result<(), FrontendError> {
         let proto_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        self.acked.store(driver_features, Ordering::Release);
         self.lock()
             .set_features(driver_features | proto_bit)
             .map_err(refused("SET_FEATURES"))
@@ -244,9 +249,17 @@ impl BackendConn {
 
     /// The memory-table sink for the `vhost` memory listener.
     pub fn sink(&self) -> FrontendSink {
+        let log_all = VhostUserVirtioFeatures::LOG_ALL.bits();
         FrontendSink {
             frontend: self.conn.clone(),
             connected: self.connected.clone(),
+            acked: self.acked.clone(),
+            can_log: self
+                .negotiated
+                .protocol
+                .contains(VhostUserProtocolFeatures::LOG_SHMFD)
+                && self.negotiated.device_features & log_all != 0,
+            log: None,
             mem_slots: self
                 .negotiated
                 .protocol

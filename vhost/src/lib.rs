@@ -2,6 +2,7 @@
 //! log. Knows nothing of the `vmm` crate.
 
 pub mod frontend;
+pub mod log;
 pub mod memtable;
 pub mod sink;
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use log::{error, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
@@ -30,7 +31,10 @@ use crate::block::{BlockConfig, BlockEngine};
 
 static LOG: LogLimiter = LogLimiter::new();
 
-type Memory = GuestMemoryAtomic<GuestMemoryMmap>;
+/// Guest memory whose writes mark the frontend's dirty log once it sent
+/// one (SET_LOG_BASE): data buffers and used rings alike.
+type Mmap = GuestMemoryMmap<BitmapMmapRegion>;
+type Memory = GuestMemoryAtomic<Mmap>;
 
 /// Errors of the vhost-user-blk backend, reported to the library as io errors.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +70,7 @@ pub struct BlkBackend {
     /// Regions the memory table may hold.
     max_regions: usize,
     /// The table last accepted, to restore when one is refused.
-    accepted: Mutex<GuestMemoryMmap>,
+    accepted: Mutex<Mmap>,
 }
 
 thread_local! {
@@ -87,7 +91,7 @@ impl BlkBackend {
             exits: Mutex::new(Vec::new()),
             index,
             max_regions: 509,
-            accepted: Mutex::new(GuestMemoryMmap::new()),
+            accepted: Mutex::new(Mmap::new()),
         }
     }
 
@@ -120,7 +124,7 @@ impl BlkBackend {
         unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
     }
 
-    fn process_queue(&self, vring: &VringRwLock) -> Result<(), BlkBackendError> {
+    fn process_queue(&self, vring: &VringRwLock<Memory>) -> Result<(), BlkBackendError> {
         let memory = self
             .memory
             .lock()
@@ -155,8 +159,8 @@ impl BlkBackend {
 }
 
 impl VhostUserBackend for BlkBackend {
-    type Bitmap = ();
-    type Vring = VringRwLock;
+    type Bitmap = BitmapMmapRegion;
+    type Vring = VringRwLock<Memory>;
 
     fn num_queues(&self) -> usize {
         self.num_queues
@@ -173,7 +177,8 @@ impl VhostUserBackend for BlkBackend {
             | 1 << VIRTIO_BLK_F_BLK_SIZE
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_MQ
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | VhostUserVirtioFeatures::LOG_ALL.bits();
         if self.engine.image().read_only() {
             f |= 1 << VIRTIO_BLK_F_RO;
         } else {
@@ -187,6 +192,7 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::LOG_SHMFD
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -253,7 +259,7 @@ impl VhostUserBackend for BlkBackend {
         &self,
         device_event: u16,
         evset: EventSet,
-        vrings: &[VringRwLock],
+        vrings: &[VringRwLock<Memory>],
         thread_id: usize,
     ) -> io::Result<()> {
         self.name_thread(thread_id);
@@ -275,7 +281,7 @@ impl VhostUserBackend for BlkBackend {
 }
 
 impl BlkBackend {
-    fn serve_queue(&self, vring: &VringRwLock) -> Result<(), BlkBackendError> {
+    fn serve_queue(&self, vring: &VringRwLock<Memory>) -> Result<(), BlkBackendError> {
         if self.event_idx.load(Ordering::Acquire) {
             loop {
                 vring

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use log::{info, warn};
 use vhost::vhost_user::Listener;
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -68,7 +69,7 @@ pub fn serve(options: &ServerOptions, engine: Arc<BlockEngine>) -> Result<(), Se
             BlkBackend::new(engine.clone(), options.num_queues, options.queue_size, 0)
                 .with_max_regions(options.max_mem_slots),
         );
-        let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let memory = GuestMemoryAtomic::new(GuestMemoryMmap::<BitmapMmapRegion>::new());
         let mut daemon = VhostUserDaemon::new("blk0-main".into(), backend.clone(), memory)
             .map_err(|e| ServerError::Daemon(e.to_string()))?;
         daemon

@@ -46,6 +46,20 @@ pub fn run() {
     crate::check!("dirty: the host paced both sets", ok, "mailbox {}", rd::<u64>(MAILBOX));
 }
 
+/// `probe=dirtydma`: after the host's first step, the first disk reads
+/// 64 KiB into pages 64 to 79 of the test area; no vCPU writes them.
+pub fn dma() {
+    wr::<u64>(MAILBOX, 0);
+    crate::diag!("dirty: ready");
+    let mut ok = wait_for(1);
+    if ok {
+        let status = crate::blk::read_into(AREA + 64 * PAGE, 16 * PAGE as u32, 0);
+        crate::diag!("dirty: dma done, status {status:?}");
+        ok = status == Some(0) && wait_for(2);
+    }
+    crate::check!("dirty: the disk read went through", ok, "mailbox {}", rd::<u64>(MAILBOX));
+}
+
 /// `probe=dirtyrate dirtyrate-mb=N dirtyrate-secs=S`: writes one word in
 /// each of N MiB worth of distinct pages per second, paced on the PM timer,
 /// for S seconds, cycling through 128 MiB at 96 MiB (so a page is not

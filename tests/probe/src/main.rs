@@ -62,6 +62,9 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
     if cmdline.selects("dirty") {
         dirty::run();
     }
+    if cmdline.selects("dirtydma") {
+        dirty::dma();
+    }
     if cmdline.selects("dirtyrate") {
         dirty::rate(
             cmdline.number("dirtyrate-mb").unwrap_or(32),

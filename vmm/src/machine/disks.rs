@@ -57,6 +57,9 @@ pub struct VhostUserBlkConfig {
     /// How long to wait for a backend that went away to come back (zero:
     /// do not wait; the device needs a reset).
     pub reconnect: Duration,
+    /// Whether dirty logging uses the backend's log (off only to show that
+    /// the backend's writes are found through it and nowhere else).
+    pub dirty_log: bool,
 }
 
 impl Default for VhostUserBlkConfig {
@@ -67,6 +70,7 @@ impl Default for VhostUserBlkConfig {
             queue_size: 256,
             timeout: Duration::from_secs(10),
             reconnect: Duration::from_secs(10),
+            dirty_log: true,
         }
     }
 }
@@ -150,7 +154,8 @@ impl Machine {
             at,
         )
         .map_err(|e| bad(error_chain(&e)))?;
-        let listener = VhostListener::new(&format!("vhost:{name}"), dev.conn().sink());
+        let mut listener = VhostListener::new(&format!("vhost:{name}"), dev.conn().sink());
+        listener.use_log = c.dirty_log;
         let id = self
             .memory
             .register_listener(&self.pc.memory, Box::new(listener))

@@ -11,6 +11,12 @@ use vmm_vhost::{apply, MemTable, MemTableSink};
 use crate::memory::{FlatRange, HookResult, MemoryListener};
 
 pub const PRIORITY: i32 = 5;
+const PAGE: u64 = 4096;
+
+/// Where the highest region of a table ends.
+fn gpa_end(t: &[MemRegion]) -> u64 {
+    t.iter().map(|r| r.gpa + r.size).max().unwrap_or(0)
+}
 
 pub struct VhostListener<S: MemTableSink> {
     name: String,
@@ -20,6 +26,11 @@ pub struct VhostListener<S: MemTableSink> {
     sent: Vec<MemRegion>,
     /// Messages sent (rounds that changed the table), for statistics.
     pub updates: u64,
+    /// Global dirty logging is on: the backend's log follows the table.
+    logging: bool,
+    /// Whether this backend's log is used at all (tests turn it off to
+    /// show that backend writes are found through it).
+    pub use_log: bool,
 }
 
 impl<S: MemTableSink> VhostListener<S> {
@@ -32,6 +43,8 @@ impl<S: MemTableSink> VhostListener<S> {
             round: MemTable::default(),
             sent: Vec::new(),
             updates: 0,
+            logging: false,
+            use_log: true,
         }
     }
 
@@ -85,10 +98,41 @@ impl<S: MemTableSink> MemoryListener for VhostListener<S> {
             self.round.del(&s);
         }
     }
+    fn log_global_start(&mut self) -> HookResult {
+        if !self.use_log {
+            return Ok(());
+        }
+        self.sink.start_log(gpa_end(&self.sent))?;
+        self.logging = true;
+        Ok(())
+    }
+    fn log_global_stop(&mut self) {
+        if self.logging {
+            self.sink.stop_log();
+            self.logging = false;
+        }
+    }
+    /// Moves the backend's log bits of `r` into its RAM block's bitmap.
+    fn log_sync(&mut self, r: &FlatRange) {
+        if !self.logging || section(r).is_none() {
+            return;
+        }
+        let Some(block) = r.region.ram_block() else {
+            return;
+        };
+        let (first, count) = (r.addr / PAGE, r.size / PAGE);
+        if let Some(bits) = self.sink.take_log(first, count) {
+            block.dirty.merge(r.offset_in_region / PAGE, &bits);
+        }
+    }
     fn commit(&mut self) -> HookResult {
         let new = self.round.regions();
         if new == self.sent {
             return Ok(());
+        }
+        // Grow the log before the backend may write the new memory.
+        if self.logging && gpa_end(&new) > gpa_end(&self.sent) {
+            self.sink.start_log(gpa_end(&new))?;
         }
         apply(&mut self.sink, &self.sent, &new)?;
         log::debug!("{}: memory table now {} regions", self.name, new.len());

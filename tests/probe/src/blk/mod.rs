@@ -198,3 +198,17 @@ pub fn open(bdf: Bdf, vector_base: u8) -> Option<dev::Dev> {
     setup.ok()?;
     Some(d)
 }
+
+/// One read of `len` bytes from `sector` of the first virtio-blk disk into
+/// `buf` (anywhere in RAM): the device writes guest memory, no vCPU does.
+/// Returns the status, or None without a disk.
+pub fn read_into(buf: u64, len: u32, sector: u64) -> Option<u8> {
+    let mut first = None;
+    pci::scan_bus(0, |f| {
+        if (f.vendor, f.device) == (VENDOR, DEVICE) && first.is_none() {
+            first = Some(f.bdf);
+        }
+    });
+    let mut d = open(first?, 0xa0)?;
+    Some(d.request(req::Io::new(0, req::T_IN, sector).buf(buf, len)))
+}
