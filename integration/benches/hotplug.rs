@@ -85,31 +85,7 @@ fn main() {
     let pc = PcMemory::new(&mem, 512 << 20).unwrap();
     let mut clocks: Vec<(&str, Clock)> = Vec::new();
     let mut add = |name: &'static str, l: Box<dyn MemoryListener>| {
-        struct Boxed(Box<dyn MemoryListener>);
-        impl MemoryListener for Boxed {
-            fn name(&self) -> &str {
-                self.0.name()
-            }
-            fn priority(&self) -> i32 {
-                self.0.priority()
-            }
-            fn begin(&mut self) {
-                self.0.begin()
-            }
-            fn commit(&mut self) -> vmm::memory::HookResult {
-                self.0.commit()
-            }
-            fn region_add(&mut self, r: &vmm::memory::FlatRange) -> vmm::memory::HookResult {
-                self.0.region_add(r)
-            }
-            fn region_del(&mut self, r: &vmm::memory::FlatRange) {
-                self.0.region_del(r)
-            }
-            fn region_nop(&mut self, r: &vmm::memory::FlatRange) {
-                self.0.region_nop(r)
-            }
-        }
-        let (t, c) = Timed::new(Boxed(l));
+        let (t, c) = Timed::new(l);
         mem.register_listener(&pc.memory, Box::new(t)).unwrap();
         clocks.push((name, c));
     };

@@ -246,3 +246,103 @@ fn pages_a_vhost_user_backend_writes_come_from_its_log() {
         "without the backend's log nobody reports them: KVM never saw the writes"
     );
 }
+
+#[test]
+fn a_dimm_added_while_logging_is_logged_from_its_first_write() {
+    use vmm::machine::hotplug::HotplugEvent;
+    use vmm::machine::VhostUserBlkConfig;
+    let dir = std::env::temp_dir().join(format!("vmm-dirty-dimm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (image, sock) = (dir.join("disk.img"), dir.join("vub.sock"));
+    std::fs::write(&image, testkit::pattern::image(9, 131_072)).unwrap();
+    let mut daemon = std::process::Command::new(testkit::process::binary("vhost-user-blk"))
+        .args([
+            "--socket",
+            sock.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the vhost-user-blk binary");
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no daemon socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut m = Machine::new(MachineConfig {
+        memory: 256 << 20,
+        cpus: 1,
+        kernel: testkit::probe::build().expect("the probe builds"),
+        cmdline: "console=ttyS0 probe=none probe=dimm".into(),
+        initrd: None,
+        atomic_memslots: true,
+        aps_at_entry: true,
+    })
+    .unwrap();
+    let out = Captured::default();
+    m.attach_console(Box::new(out.clone())).unwrap();
+    let hp = m.enable_memory_hotplug(1 << 30, 2).unwrap();
+    m.add_vhost_user_blk(&VhostUserBlkConfig {
+        socket: sock.clone(),
+        ..VhostUserBlkConfig::default()
+    })
+    .unwrap();
+    let (tx, events) = std::sync::mpsc::channel();
+    hp.set_sink(std::sync::Arc::new(move |e| {
+        let _ = tx.send(e);
+    }));
+    let memory = m.memory.clone();
+    let space = m.pc.memory.clone();
+    let host = {
+        let out = out.clone();
+        std::thread::spawn(move || -> Result<Vec<u64>, String> {
+            wait_output(&out, "dimm: waiting")?;
+            memory.log_global_start().map_err(|e| e.to_string())?;
+            hp.object_add_memfd("mem1", 64 << 20)?;
+            hp.device_add_dimm("dimm1", "mem1", None)?;
+            wait_output(&out, "dimm: used")?;
+            memory.log_sync(&space);
+            let block = hp.backend_block("mem1").ok_or("no block for mem1")?;
+            let dirty = block.dirty.take();
+            memory.log_global_stop().map_err(|e| e.to_string())?;
+            hp.device_del("dimm1")?;
+            loop {
+                match events.recv_timeout(Duration::from_secs(60)) {
+                    Ok(HotplugEvent::DeviceDeleted { .. }) => break,
+                    Ok(_) => continue,
+                    Err(e) => return Err(format!("no DEVICE_DELETED: {e}")),
+                }
+            }
+            Ok(dirty)
+        })
+    };
+    let status = m.run().expect("the guest runs to its exit");
+    let text = out.text();
+    let dirty = host
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status, 0, "failed checks:\n{text}");
+    // The probe's CPU wrote the DIMM's first and last MiB (KVM's log of the
+    // new slot); the vhost-user disk read 8 pages into it at 2 MiB (the
+    // daemon's log, grown for the DIMM before the daemon could write it).
+    let last = (64 << 20) / PAGE - 256;
+    let cpu: Vec<u64> = (0..256).chain(last..last + 256).collect();
+    let disk: Vec<u64> = (512..520).collect();
+    for p in cpu.iter().chain(&disk) {
+        assert!(dirty.contains(p), "DIMM page {p} not reported: {dirty:?}");
+    }
+    assert_eq!(
+        dirty.len(),
+        cpu.len() + disk.len(),
+        "nothing else: {dirty:?}"
+    );
+}

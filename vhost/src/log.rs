@@ -22,6 +22,8 @@ pub struct DirtyLog {
 // SAFETY: the mapping is shared memory accessed only through atomics; it
 // lives as long as the object.
 unsafe impl Send for DirtyLog {}
+// SAFETY: as for Send: every access is an atomic operation on the mapping.
+unsafe impl Sync for DirtyLog {}
 
 impl DirtyLog {
     /// A clean log for guest-physical addresses below `gpa_end`.
@@ -156,5 +158,42 @@ mod tests {
         log.mark(5);
         log.move_into(&big);
         assert_eq!(big.take(0, 64), vec![1 << 5]);
+    }
+
+    #[test]
+    fn a_bit_set_while_the_frontend_takes_is_never_lost() {
+        let pages = 1u64 << 20;
+        let log = std::sync::Arc::new(DirtyLog::new(pages * PAGE).unwrap());
+        let marker = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for p in 0..pages {
+                    log.mark(p);
+                }
+            })
+        };
+        let mut seen = vec![false; pages as usize];
+        let mut rounds = 0;
+        let mut collect = |first: u64, bits: Vec<u64>| {
+            for (i, mut w) in bits.into_iter().enumerate() {
+                while w != 0 {
+                    let p = first + 64 * i as u64 + u64::from(w.trailing_zeros());
+                    assert!(!seen[p as usize], "page {p} reported twice");
+                    seen[p as usize] = true;
+                    w &= w - 1;
+                }
+            }
+        };
+        // Two takes that split a word, while the backend marks.
+        let split = 300_001;
+        while !marker.is_finished() {
+            collect(0, log.take(0, split));
+            collect(split, log.take(split, pages - split));
+            rounds += 1;
+        }
+        marker.join().unwrap();
+        collect(0, log.take(0, pages));
+        assert!(rounds > 0, "the takes ran while marking");
+        assert!(seen.iter().all(|&s| s), "every page reported exactly once");
     }
 }

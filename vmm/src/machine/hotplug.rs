@@ -318,6 +318,14 @@ impl Hotplug {
         self.emit(HotplugEvent::DeviceDeleted { id });
     }
 
+    /// The RAM block of memory backend `id` (its dirty bitmap, its bytes).
+    pub fn backend_block(&self, id: &str) -> Option<Arc<crate::memory::RamBlock>> {
+        self.lock()
+            .backends
+            .get(id)
+            .and_then(|b| b.region.ram_block().cloned())
+    }
+
     pub fn dimms(&self) -> Vec<DimmInfo> {
         self.lock().dimms.values().cloned().collect()
     }

@@ -101,3 +101,58 @@ impl<L: MemoryListener> MemoryListener for Timed<L> {
         self.time(|l| l.coalesced_io_del(r, addr, size))
     }
 }
+
+/// A boxed listener is a listener (so `Timed` can wrap any of them).
+impl MemoryListener for Box<dyn MemoryListener> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn priority(&self) -> i32 {
+        (**self).priority()
+    }
+    fn begin(&mut self) {
+        (**self).begin()
+    }
+    fn commit(&mut self) -> HookResult {
+        (**self).commit()
+    }
+    fn region_add(&mut self, r: &FlatRange) -> HookResult {
+        (**self).region_add(r)
+    }
+    fn region_del(&mut self, r: &FlatRange) {
+        (**self).region_del(r)
+    }
+    fn region_nop(&mut self, r: &FlatRange) {
+        (**self).region_nop(r)
+    }
+    fn log_start(&mut self, r: &FlatRange, old: u8, new: u8) -> HookResult {
+        (**self).log_start(r, old, new)
+    }
+    fn log_stop(&mut self, r: &FlatRange, old: u8, new: u8) {
+        (**self).log_stop(r, old, new)
+    }
+    fn log_sync(&mut self, r: &FlatRange) {
+        (**self).log_sync(r)
+    }
+    fn log_clear(&mut self, r: &FlatRange) {
+        (**self).log_clear(r)
+    }
+    fn log_global_start(&mut self) -> HookResult {
+        (**self).log_global_start()
+    }
+    fn log_global_stop(&mut self) {
+        (**self).log_global_stop()
+    }
+    fn eventfd_add(&mut self, e: &Ioeventfd) -> HookResult {
+        (**self).eventfd_add(e)
+    }
+    fn eventfd_del(&mut self, e: &Ioeventfd) {
+        (**self).eventfd_del(e)
+    }
+    fn coalesced_io_add(&mut self, r: &FlatRange, addr: u64, size: u64) {
+        (**self).coalesced_io_add(r, addr, size)
+    }
+    fn coalesced_io_del(&mut self, r: &FlatRange, addr: u64, size: u64) {
+        (**self).coalesced_io_del(r, addr, size)
+    }
+}
