@@ -233,7 +233,8 @@ mod nested;
 fn kernel_vfio_through_a_real_iommu_in_a_nested_guest() {
     use integration::nested::{CHECKS, DONE};
     let out = nested::run(Duration::from_secs(240));
-    for line in out.lines().filter(|l| l.starts_with("bench: ")) {
+    let bench: Vec<&str> = out.lines().filter(|l| l.starts_with("bench: ")).collect();
+    for line in &bench {
         eprintln!("{line}");
     }
     let failed: Vec<&str> = out.lines().filter(|l| l.contains("not ok - ")).collect();
@@ -249,5 +250,10 @@ fn kernel_vfio_through_a_real_iommu_in_a_nested_guest() {
     assert!(
         out.contains(DONE),
         "the program did not finish ({DONE:?} missing)"
+    );
+    assert_eq!(
+        bench.len(),
+        3,
+        "expected two 1 GiB map timings and the PC layout's mapping count"
     );
 }

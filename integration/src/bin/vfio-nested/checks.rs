@@ -129,9 +129,16 @@ fn rollback(rig: &Rig) -> Result<(), String> {
                 "the IOMMU mapped {BEYOND_IOVA:#x}; nothing was refused"
             ))
         }
-        Err(e) => e.to_string(),
+        Err(e) => e,
     };
-    println!("refused: {e}");
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        chain += &format!(": {s}");
+        source = s.source();
+    }
+    println!("refused: {chain}");
+    let e = e.to_string();
     if !e.contains("listener \"vfio\"") {
         return Err(format!("the error does not name the vfio listener: {e}"));
     }
