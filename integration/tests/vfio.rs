@@ -222,3 +222,38 @@ fn ram_added_and_removed_later_is_mapped_and_unmapped_for_the_device() {
     tx.commit().expect("the removal");
     assert_eq!(server.dma_dump(), before);
 }
+
+mod nested;
+
+/// The real kernel mapper under a real (emulated) IOMMU: inside QEMU
+/// (q35, intel-iommu, edu bound to vfio-pci) `vfio-nested` maps guest RAM
+/// through the memory model's `vfio` listener and the container mapper and
+/// proves each mapping, removal and refusal with edu's DMA engine.
+#[test]
+fn kernel_vfio_through_a_real_iommu_in_a_nested_guest() {
+    use integration::nested::{CHECKS, DONE};
+    let out = nested::run(Duration::from_secs(240));
+    let bench: Vec<&str> = out.lines().filter(|l| l.starts_with("bench: ")).collect();
+    for line in &bench {
+        eprintln!("{line}");
+    }
+    let failed: Vec<&str> = out.lines().filter(|l| l.contains("not ok - ")).collect();
+    assert!(
+        failed.is_empty(),
+        "failed checks in the guest:\n{}",
+        failed.join("\n")
+    );
+    for check in CHECKS {
+        let line = format!("ok - {check}");
+        assert!(out.lines().any(|l| l.trim_end() == line), "missing: {line}");
+    }
+    assert!(
+        out.contains(DONE),
+        "the program did not finish ({DONE:?} missing)"
+    );
+    assert_eq!(
+        bench.len(),
+        3,
+        "expected two 1 GiB map timings and the PC layout's mapping count"
+    );
+}
