@@ -325,6 +325,37 @@ fn survives_bad_requests_and_disconnects() -> Result<()> {
     Ok(())
 }
 
+/// Found by the `vhost_user_msg` fuzz target: every connection leaked one
+/// exit eventfd per queue worker (vhost-user-backend 0.24 never closes the
+/// consumer it takes), until accept failed with EMFILE and the daemon quit.
+#[test]
+fn reconnects_leak_no_fds() -> Result<()> {
+    let daemon = Daemon::start(&["--num-queues", "2"])?;
+    let fds_dir = format!("/proc/{}/fd", daemon.child.id());
+    // Counted while one answered connection is open, so every earlier one
+    // is torn down (the daemon serves one frontend at a time).
+    let count = |f: &Frontend| -> Result<usize> {
+        f.get_features()?;
+        Ok(std::fs::read_dir(&fds_dir)?.count())
+    };
+    let first = Frontend::connect(&daemon.socket, 2)?;
+    count(&first)?;
+    drop(first);
+    let held = Frontend::connect(&daemon.socket, 2)?;
+    let before = count(&held)?;
+    drop(held);
+    for _ in 0..20 {
+        Frontend::connect(&daemon.socket, 2)?.get_features()?;
+    }
+    let held = Frontend::connect(&daemon.socket, 2)?;
+    let after = count(&held)?;
+    ensure!(
+        after == before,
+        "open fds went from {before} to {after} over 21 connections"
+    );
+    Ok(())
+}
+
 #[test]
 fn two_queues_concurrently() -> Result<()> {
     let daemon = Daemon::start(&["--num-queues", "2"])?;

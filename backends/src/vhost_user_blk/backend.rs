@@ -4,6 +4,7 @@
 use std::cell::Cell;
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -62,6 +63,9 @@ pub struct BlkBackend {
     event_idx: AtomicBool,
     memory: Mutex<Option<Memory>>,
     exits: Mutex<Vec<EventNotifier>>,
+    /// The exit-event consumers handed to the library, closed on drop: see
+    /// `exit_event`.
+    exit_consumers: Mutex<Vec<RawFd>>,
     index: usize,
     /// Regions the memory table may hold.
     max_regions: usize,
@@ -85,6 +89,7 @@ impl BlkBackend {
             event_idx: AtomicBool::new(false),
             memory: Mutex::new(None),
             exits: Mutex::new(Vec::new()),
+            exit_consumers: Mutex::new(Vec::new()),
             index,
             max_regions: 509,
             accepted: Mutex::new(GuestMemoryMmap::new()),
@@ -151,6 +156,24 @@ impl BlkBackend {
             vring.signal_used_queue().map_err(BlkBackendError::Signal)?;
         }
         Ok(())
+    }
+}
+
+impl Drop for BlkBackend {
+    fn drop(&mut self) {
+        let consumers = self
+            .exit_consumers
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        for fd in consumers.drain(..) {
+            // SAFETY: `fd` is an exit-event consumer this backend created
+            // and the library took with `into_raw_fd` without ever closing
+            // it. Every `VringEpollHandler` holds a clone of the backend
+            // (`Arc`), so when the backend drops, the handlers and their
+            // epoll are gone and their worker threads joined: nothing uses
+            // `fd` any more and nothing else owns it.
+            unsafe { libc::close(fd) };
+        }
     }
 }
 
@@ -246,6 +269,14 @@ impl VhostUserBackend for BlkBackend {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(keep);
+        // vhost-user-backend 0.24 turns the consumer into a raw fd for its
+        // epoll (`VringEpollHandler::new`) and never closes it: one leaked
+        // fd per worker per connection, until accept fails with EMFILE.
+        // Ours to close once nothing uses it (`Drop`).
+        self.exit_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(consumer.as_raw_fd());
         Some((consumer, notifier))
     }
 
