@@ -225,25 +225,16 @@ impl VhostUserBackend for BlkBackend {
     fn update_memory(&self, mem: Memory) -> io::Result<()> {
         let regions = mem.memory().num_regions();
         if regions > self.max_regions {
-            // The library has already put the new table in place (`mem`
-            // is its own); put the accepted one back, so that the refused
-            // region is unmapped here and nothing of it remains.
-            let accepted = self
-                .accepted
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            mem.lock()
-                .map_err(|_| io::Error::other("memory table lock poisoned"))?
-                .replace(accepted);
-            warn!(
-                "blk{}: refusing a memory table of {regions} regions (at most {})",
-                self.index, self.max_regions
+            return self.refuse_memory(
+                &mem,
+                format!(
+                    "no free memory slot: {regions} regions, at most {}",
+                    self.max_regions
+                ),
             );
-            return Err(io::Error::other(format!(
-                "no free memory slot: {regions} regions, at most {}",
-                self.max_regions
-            )));
+        }
+        if let Some(problem) = past_eof(&mem) {
+            return self.refuse_memory(&mem, problem);
         }
         *self.accepted.lock().unwrap_or_else(|e| e.into_inner()) = (*mem.memory()).clone();
         // One line per change, for tests and operators: what guest memory
@@ -305,7 +296,47 @@ impl VhostUserBackend for BlkBackend {
     }
 }
 
+/// The first region mapped past the end of its regular file, described:
+/// touching such a page raises SIGBUS, which would end the daemon.
+fn past_eof(mem: &Memory) -> Option<String> {
+    mem.memory().iter().find_map(|r| {
+        let fo = r.file_offset()?;
+        let meta = fo.file().metadata().ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        let end = fo.start().checked_add(r.len());
+        if end.is_some_and(|end| end <= meta.len()) {
+            return None;
+        }
+        Some(format!(
+            "memory region {:#x}+{:#x} maps file offset {:#x} past the end of its {:#x}-byte file",
+            r.start_addr().0,
+            r.len(),
+            fo.start(),
+            meta.len()
+        ))
+    })
+}
+
 impl BlkBackend {
+    /// Puts the accepted memory table back and reports why the new one was
+    /// refused. The library has already put the new table in place (`mem`
+    /// is its own); restoring the accepted one unmaps the refused regions
+    /// here so that nothing of them remains.
+    fn refuse_memory(&self, mem: &Memory, problem: String) -> io::Result<()> {
+        let accepted = self
+            .accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        mem.lock()
+            .map_err(|_| io::Error::other("memory table lock poisoned"))?
+            .replace(accepted);
+        warn!("blk{}: refusing a memory table: {problem}", self.index);
+        Err(io::Error::other(problem))
+    }
+
     fn serve_queue(&self, vring: &VringRwLock) -> Result<(), BlkBackendError> {
         if self.event_idx.load(Ordering::Acquire) {
             loop {
