@@ -23,11 +23,22 @@ failed=0
 for target in $(cargo fuzz list); do
     work=$(mktemp -d)
     mkdir -p "$work/corpus" "$work/artifacts"
+    # vhost_user_msg: the daemon's threads end after each input returns,
+    # and some are still running at exit, which LeakSanitizer mistakes for
+    # leaks (the target checks fds instead).
+    extra=()
+    asan=${ASAN_OPTIONS:-}
+    case "$target" in
+    vhost_user_msg)
+        extra=(-detect_leaks=0)
+        asan=${asan:+$asan:}detect_leaks=0
+        ;;
+    esac
     set +e
     # New inputs go to the scratch corpus; the committed seeds stay as they are.
-    cargo fuzz run -O -a "$target" "$work/corpus" "corpus/$target" -- \
+    ASAN_OPTIONS=$asan cargo fuzz run -O -a "$target" "$work/corpus" "corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 -max_len=4096 \
-        -print_final_stats=1 -artifact_prefix="$work/artifacts/" \
+        -print_final_stats=1 -artifact_prefix="$work/artifacts/" "${extra[@]}" \
         >"$work/log" 2>&1
     rc=$?
     set -e
