@@ -36,7 +36,8 @@ for target in $(cargo fuzz list); do
     esac
     set +e
     # New inputs go to the scratch corpus; the committed seeds stay as they are.
-    ASAN_OPTIONS=$asan cargo fuzz run -O -a "$target" "$work/corpus" "corpus/$target" -- \
+    # TMPDIR: the daemon's socket and image dir goes away with the scratch dir.
+    TMPDIR=$work ASAN_OPTIONS=$asan cargo fuzz run -O -a "$target" "$work/corpus" "corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 -max_len=4096 \
         -print_final_stats=1 -artifact_prefix="$work/artifacts/" "${extra[@]}" \
         >"$work/log" 2>&1
