@@ -4,6 +4,7 @@
 use std::cell::Cell;
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -66,6 +67,9 @@ pub struct BlkBackend {
     event_idx: AtomicBool,
     memory: Mutex<Option<Memory>>,
     exits: Mutex<Vec<EventNotifier>>,
+    /// The exit-event consumers handed to the library, closed on drop: see
+    /// `exit_event`.
+    exit_consumers: Mutex<Vec<RawFd>>,
     index: usize,
     /// Regions the memory table may hold.
     max_regions: usize,
@@ -89,6 +93,7 @@ impl BlkBackend {
             event_idx: AtomicBool::new(false),
             memory: Mutex::new(None),
             exits: Mutex::new(Vec::new()),
+            exit_consumers: Mutex::new(Vec::new()),
             index,
             max_regions: 509,
             accepted: Mutex::new(Mmap::new()),
@@ -158,6 +163,24 @@ impl BlkBackend {
     }
 }
 
+impl Drop for BlkBackend {
+    fn drop(&mut self) {
+        let consumers = self
+            .exit_consumers
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner());
+        for fd in consumers.drain(..) {
+            // SAFETY: `fd` is an exit-event consumer this backend created
+            // and the library took with `into_raw_fd` without ever closing
+            // it. Every `VringEpollHandler` holds a clone of the backend
+            // (`Arc`), so when the backend drops, the handlers and their
+            // epoll are gone and their worker threads joined: nothing uses
+            // `fd` any more and nothing else owns it.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
 impl VhostUserBackend for BlkBackend {
     type Bitmap = BitmapMmapRegion;
     type Vring = VringRwLock<Memory>;
@@ -208,25 +231,16 @@ impl VhostUserBackend for BlkBackend {
     fn update_memory(&self, mem: Memory) -> io::Result<()> {
         let regions = mem.memory().num_regions();
         if regions > self.max_regions {
-            // The library has already put the new table in place (`mem`
-            // is its own); put the accepted one back, so that the refused
-            // region is unmapped here and nothing of it remains.
-            let accepted = self
-                .accepted
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            mem.lock()
-                .map_err(|_| io::Error::other("memory table lock poisoned"))?
-                .replace(accepted);
-            warn!(
-                "blk{}: refusing a memory table of {regions} regions (at most {})",
-                self.index, self.max_regions
+            return self.refuse_memory(
+                &mem,
+                format!(
+                    "no free memory slot: {regions} regions, at most {}",
+                    self.max_regions
+                ),
             );
-            return Err(io::Error::other(format!(
-                "no free memory slot: {regions} regions, at most {}",
-                self.max_regions
-            )));
+        }
+        if let Some(problem) = past_eof(&mem) {
+            return self.refuse_memory(&mem, problem);
         }
         *self.accepted.lock().unwrap_or_else(|e| e.into_inner()) = (*mem.memory()).clone();
         // One line per change, for tests and operators: what guest memory
@@ -252,6 +266,14 @@ impl VhostUserBackend for BlkBackend {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(keep);
+        // vhost-user-backend 0.24 turns the consumer into a raw fd for its
+        // epoll (`VringEpollHandler::new`) and never closes it: one leaked
+        // fd per worker per connection, until accept fails with EMFILE.
+        // Ours to close once nothing uses it (`Drop`).
+        self.exit_consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(consumer.as_raw_fd());
         Some((consumer, notifier))
     }
 
@@ -280,7 +302,47 @@ impl VhostUserBackend for BlkBackend {
     }
 }
 
+/// The first region mapped past the end of its regular file, described:
+/// touching such a page raises SIGBUS, which would end the daemon.
+fn past_eof(mem: &Memory) -> Option<String> {
+    mem.memory().iter().find_map(|r| {
+        let fo = r.file_offset()?;
+        let meta = fo.file().metadata().ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        let end = fo.start().checked_add(r.len());
+        if end.is_some_and(|end| end <= meta.len()) {
+            return None;
+        }
+        Some(format!(
+            "memory region {:#x}+{:#x} maps file offset {:#x} past the end of its {:#x}-byte file",
+            r.start_addr().0,
+            r.len(),
+            fo.start(),
+            meta.len()
+        ))
+    })
+}
+
 impl BlkBackend {
+    /// Puts the accepted memory table back and reports why the new one was
+    /// refused. The library has already put the new table in place (`mem`
+    /// is its own); restoring the accepted one unmaps the refused regions
+    /// here so that nothing of them remains.
+    fn refuse_memory(&self, mem: &Memory, problem: String) -> io::Result<()> {
+        let accepted = self
+            .accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        mem.lock()
+            .map_err(|_| io::Error::other("memory table lock poisoned"))?
+            .replace(accepted);
+        warn!("blk{}: refusing a memory table: {problem}", self.index);
+        Err(io::Error::other(problem))
+    }
+
     fn serve_queue(&self, vring: &VringRwLock<Memory>) -> Result<(), BlkBackendError> {
         if self.event_idx.load(Ordering::Acquire) {
             loop {
