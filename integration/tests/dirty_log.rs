@@ -10,8 +10,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use testkit::process::Captured;
-use vmm::machine::{Machine, MachineConfig};
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
@@ -46,18 +47,7 @@ fn split(pages: Vec<u64>) -> (Vec<u64>, Vec<u64>) {
 #[test]
 fn kvm_reports_exactly_the_pages_the_guest_wrote_and_a_clear_rearms_it() {
     assert!(Path::new("/dev/kvm").exists(), "this test needs /dev/kvm");
-    let mut m = Machine::new(MachineConfig {
-        memory: 256 << 20,
-        cpus: 1,
-        kernel: testkit::probe::build().expect("the probe builds"),
-        cmdline: "console=ttyS0 probe=none probe=dirty".into(),
-        initrd: None,
-        atomic_memslots: true,
-        aps_at_entry: true,
-    })
-    .unwrap();
-    let out = Captured::default();
-    m.attach_console(Box::new(out.clone())).unwrap();
+    let (mut m, out) = common::probe_machine("probe=dirty");
     let memory = m.memory.clone();
     let space = m.pc.memory.clone();
     let ram = m.pc.ram.ram_block().expect("RAM block").clone();
@@ -164,36 +154,8 @@ fn backend_write_pages(use_log: bool) -> Vec<u64> {
     std::fs::create_dir_all(&dir).unwrap();
     let (image, sock) = (dir.join("disk.img"), dir.join("vub.sock"));
     std::fs::write(&image, testkit::pattern::image(9, 131_072)).unwrap();
-    let mut daemon = std::process::Command::new(testkit::process::binary("vhost-user-blk"))
-        .args([
-            "--socket",
-            sock.to_str().unwrap(),
-            "--image",
-            image.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("the vhost-user-blk binary");
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no daemon socket"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let mut m = Machine::new(MachineConfig {
-        memory: 256 << 20,
-        cpus: 1,
-        kernel: testkit::probe::build().expect("the probe builds"),
-        cmdline: "console=ttyS0 probe=none probe=dirtydma".into(),
-        initrd: None,
-        atomic_memslots: true,
-        aps_at_entry: true,
-    })
-    .unwrap();
-    let out = Captured::default();
-    m.attach_console(Box::new(out.clone())).unwrap();
+    let daemon = common::Daemon::start(&image, &sock);
+    let (mut m, out) = common::probe_machine("probe=dirtydma");
     m.add_vhost_user_blk(&VhostUserBlkConfig {
         socket: sock.clone(),
         dirty_log: use_log,
@@ -225,8 +187,7 @@ fn backend_write_pages(use_log: bool) -> Vec<u64> {
         .join()
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(status, 0, "failed checks:\n{text}");
     split(dirty).0
@@ -256,36 +217,8 @@ fn a_dimm_added_while_logging_is_logged_from_its_first_write() {
     std::fs::create_dir_all(&dir).unwrap();
     let (image, sock) = (dir.join("disk.img"), dir.join("vub.sock"));
     std::fs::write(&image, testkit::pattern::image(9, 131_072)).unwrap();
-    let mut daemon = std::process::Command::new(testkit::process::binary("vhost-user-blk"))
-        .args([
-            "--socket",
-            sock.to_str().unwrap(),
-            "--image",
-            image.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("the vhost-user-blk binary");
-    let start = Instant::now();
-    while !sock.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no daemon socket"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let mut m = Machine::new(MachineConfig {
-        memory: 256 << 20,
-        cpus: 1,
-        kernel: testkit::probe::build().expect("the probe builds"),
-        cmdline: "console=ttyS0 probe=none probe=dimm".into(),
-        initrd: None,
-        atomic_memslots: true,
-        aps_at_entry: true,
-    })
-    .unwrap();
-    let out = Captured::default();
-    m.attach_console(Box::new(out.clone())).unwrap();
+    let daemon = common::Daemon::start(&image, &sock);
+    let (mut m, out) = common::probe_machine("probe=dimm");
     let hp = m.enable_memory_hotplug(1 << 30, 2).unwrap();
     m.add_vhost_user_blk(&VhostUserBlkConfig {
         socket: sock.clone(),
@@ -327,8 +260,7 @@ fn a_dimm_added_while_logging_is_logged_from_its_first_write() {
         .join()
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(status, 0, "failed checks:\n{text}");
     // The probe's CPU wrote the DIMM's first and last MiB (KVM's log of the

@@ -6,145 +6,21 @@
 //!
 //! Needs /dev/kvm; a test fails (does not skip) without it.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use testkit::process::Captured;
+mod common;
+
+use common::{probe_machine, scratch, wait_output, Daemon};
 use vmm::machine::hotplug::HotplugEvent;
-use vmm::machine::{DiskConfig, Machine, MachineConfig, VhostUserBlkConfig};
+use vmm::machine::{DiskConfig, VhostUserBlkConfig};
 use vmm::memory::mtree::info_mtree_flat;
 
 const SECTORS: u64 = 131_072;
 const DIMM: u64 = 128 << 20;
-
-/// Our vhost-user-blk daemon, with its log (memory-table lines) collected.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(image: &Path, sock: &Path) -> Daemon {
-        Self::start_with(image, sock, 509)
-    }
-
-    fn start_with(image: &Path, sock: &Path, slots: usize) -> Daemon {
-        let _ = std::fs::remove_file(sock);
-        let mut child = Command::new(testkit::process::binary("vhost-user-blk"))
-            .args(["--socket", sock.to_str().unwrap()])
-            .args(["--image", image.to_str().unwrap()])
-            .args(["--max-mem-slots", &slots.to_string()])
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the vhost-user-blk binary");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (err, l2) = (child.stderr.take().unwrap(), log.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
-            }
-        });
-        let start = Instant::now();
-        while !sock.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no daemon socket"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Daemon { child, log }
-    }
-
-    /// The regions of the daemon's latest memory table, as "gpa+size".
-    fn table(&self) -> Vec<String> {
-        let log = self.log.lock().unwrap();
-        let line = log
-            .iter()
-            .rev()
-            .find(|l| l.contains("memory table: ["))
-            .cloned()
-            .unwrap_or_default();
-        let inner = line
-            .split("memory table: [")
-            .nth(1)
-            .unwrap_or("")
-            .trim_end_matches(']');
-        inner.split_whitespace().map(str::to_owned).collect()
-    }
-
-    /// The table once the log has been quiet for a while (the stderr reader
-    /// may lag behind the daemon's acknowledgements).
-    fn settled(&self) -> Vec<String> {
-        let mut last = (self.log.lock().unwrap().len(), Instant::now());
-        while last.1.elapsed() < Duration::from_millis(300) {
-            std::thread::sleep(Duration::from_millis(20));
-            let n = self.log.lock().unwrap().len();
-            if n != last.0 {
-                last = (n, Instant::now());
-            }
-        }
-        self.table()
-    }
-
-    /// Waits until the latest table satisfies `ok`.
-    fn wait_table(&self, ok: impl Fn(&[String]) -> bool) -> Vec<String> {
-        let start = Instant::now();
-        loop {
-            let t = self.table();
-            if ok(&t) || start.elapsed() > Duration::from_secs(10) {
-                return t;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmm-hotplug-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn probe_machine(cmdline: &str) -> (Machine, Captured) {
-    assert!(Path::new("/dev/kvm").exists(), "this test needs /dev/kvm");
-    let mut m = Machine::new(MachineConfig {
-        memory: 256 << 20,
-        cpus: 1,
-        kernel: testkit::probe::build().expect("the probe builds"),
-        cmdline: format!("console=ttyS0 probe=none {cmdline}"),
-        initrd: None,
-        atomic_memslots: true,
-        aps_at_entry: true,
-    })
-    .unwrap();
-    let out = Captured::default();
-    m.attach_console(Box::new(out.clone())).unwrap();
-    (m, out)
-}
-
-fn wait_output(out: &Captured, what: &str) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
-        if out.text().contains(what) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
 
 #[test]
 fn a_dimm_reaches_kvm_the_iothread_device_and_the_daemon_then_leaves_them_all() {

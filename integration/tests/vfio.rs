@@ -8,11 +8,13 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+mod common;
+
 use testkit::process::Captured;
-use vmm::machine::{Machine, MachineConfig, VfioUserConfig};
+use vmm::machine::{Machine, VfioUserConfig};
 
 const EDU: &str = "edu 00:1f.0";
 const CHECKS: [&str; 7] = [
@@ -42,20 +44,7 @@ fn config(server: &Server) -> VfioUserConfig {
 }
 
 fn machine(cmdline: &str) -> (Machine, Captured) {
-    assert!(Path::new("/dev/kvm").exists(), "this test needs /dev/kvm");
-    let mut m = Machine::new(MachineConfig {
-        memory: 256 << 20,
-        cpus: 1,
-        kernel: testkit::probe::build().expect("the probe builds"),
-        cmdline: format!("console=ttyS0 probe=none {cmdline}"),
-        initrd: None,
-        atomic_memslots: true,
-        aps_at_entry: true,
-    })
-    .expect("machine");
-    let out = Captured::default();
-    m.attach_console(Box::new(out.clone())).expect("COM1");
-    (m, out)
+    common::probe_machine(cmdline)
 }
 
 fn passes(text: &str, check: &str) -> usize {

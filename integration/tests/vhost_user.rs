@@ -16,6 +16,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vmm::machine::VhostUserBlkConfig;
+
+mod common;
+
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -193,20 +197,7 @@ fn our_daemon(image: &Path, sock: &Path) -> Killed {
 /// The probe guest on our VMM with one vhost-user-blk disk at `sock`;
 /// returns its output after checking every check passed.
 fn probe_on(sock: &Path, cmdline: &str) -> String {
-    use vmm::machine::{Machine, MachineConfig, VhostUserBlkConfig};
-    assert!(Path::new("/dev/kvm").exists(), "this test needs /dev/kvm");
-    let mut m = Machine::new(MachineConfig {
-        memory: 256 << 20,
-        cpus: 1,
-        kernel: testkit::probe::build().expect("the probe builds"),
-        cmdline: format!("console=ttyS0 probe=none {cmdline}"),
-        initrd: None,
-        atomic_memslots: true,
-        aps_at_entry: true,
-    })
-    .expect("machine");
-    let out = testkit::process::Captured::default();
-    m.attach_console(Box::new(out.clone())).unwrap();
+    let (mut m, out) = common::probe_machine(cmdline);
     m.add_vhost_user_blk(&VhostUserBlkConfig {
         socket: sock.into(),
         num_queues: 2,
@@ -276,24 +267,11 @@ fn our_frontend_serves_the_probe_from_our_daemon() {
 
 #[test]
 fn a_daemon_killed_mid_stream_and_restarted_loses_no_write() {
-    use vmm::machine::{Machine, MachineConfig, VhostUserBlkConfig};
-    assert!(Path::new("/dev/kvm").exists(), "this test needs /dev/kvm");
     let (image, sock) = pattern_disk("restart", 61);
     let daemon = std::sync::Arc::new(std::sync::Mutex::new(our_daemon(&image, &sock)));
     wait_socket(&sock);
     let passes = 12;
-    let mut m = Machine::new(MachineConfig {
-        memory: 256 << 20,
-        cpus: 1,
-        kernel: testkit::probe::build().expect("the probe builds"),
-        cmdline: format!("console=ttyS0 probe=none blk-stream={passes}"),
-        initrd: None,
-        atomic_memslots: true,
-        aps_at_entry: true,
-    })
-    .expect("machine");
-    let out = testkit::process::Captured::default();
-    m.attach_console(Box::new(out.clone())).unwrap();
+    let (mut m, out) = common::probe_machine(&format!("blk-stream={passes}"));
     m.add_vhost_user_blk(&VhostUserBlkConfig {
         socket: sock.clone(),
         num_queues: 2,

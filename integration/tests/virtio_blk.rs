@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use testkit::pattern;
+mod common;
+
 use testkit::process::Captured;
-use vmm::machine::{DiskConfig, Machine, MachineConfig};
+use vmm::machine::{DiskConfig, Machine};
 
 /// 64 MiB: 131072 sectors.
 const SECTORS: u64 = 131_072;
@@ -45,21 +47,7 @@ fn disk(path: &Path, serial: &str) -> DiskConfig {
 }
 
 fn machine(cmdline: &str) -> (Machine, Captured) {
-    assert!(Path::new("/dev/kvm").exists(), "this test needs /dev/kvm");
-    let kernel = testkit::probe::build().expect("the probe builds");
-    let mut m = Machine::new(MachineConfig {
-        memory: 256 << 20,
-        cpus: 1,
-        kernel,
-        cmdline: format!("console=ttyS0 probe=none {cmdline}"),
-        initrd: None,
-        atomic_memslots: true,
-        aps_at_entry: true,
-    })
-    .expect("machine");
-    let out = Captured::default();
-    m.attach_console(Box::new(out.clone())).expect("COM1");
-    (m, out)
+    common::probe_machine(cmdline)
 }
 
 /// Runs the guest to its end; panics with the guest's output unless every

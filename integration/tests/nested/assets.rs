@@ -22,8 +22,17 @@ fn cache_dir() -> PathBuf {
 /// Builds `vfio-nested` statically linked (glibc, `+crt-static`) and
 /// returns its path.
 pub fn build_program() -> PathBuf {
-    let target_dir = cache_dir().join("vfio-nested/target");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // One target directory per checkout: build scripts remember the paths
+    // they were built in (vmm's builds the probe from its source tree), so
+    // a directory shared by checkouts at different paths goes stale.
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        env!("CARGO_MANIFEST_DIR").hash(&mut h);
+        h.finish()
+    };
+    let target_dir = cache_dir().join(format!("vfio-nested/target-{key:016x}"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&workspace)
