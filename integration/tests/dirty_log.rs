@@ -146,21 +146,34 @@ fn calc_dirty_rate_over_qmp_measures_what_the_guest_writes() {
 /// The probe's disk reads 16 pages into the test area through a
 /// vhost-user-blk disk on our daemon while dirty logging is on; returns the
 /// test-area pages reported dirty after it.
-fn backend_write_pages(use_log: bool) -> Vec<u64> {
-    use vmm::machine::VhostUserBlkConfig;
-    let dir =
-        std::env::temp_dir().join(format!("vmm-dirty-vhost-{}-{use_log}", std::process::id()));
+/// Which disk does the read: our daemon behind the vhost-user-blk device
+/// (with its log used or not), or the in-process device on an iothread.
+#[derive(Clone, Copy, Debug)]
+enum Disk {
+    Vhost { use_log: bool },
+    InProcess,
+}
+
+fn backend_write_pages(disk: Disk) -> Vec<u64> {
+    use vmm::machine::{DiskConfig, VhostUserBlkConfig};
+    let dir = std::env::temp_dir().join(format!("vmm-dirty-{}-{disk:?}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (image, sock) = (dir.join("disk.img"), dir.join("vub.sock"));
     std::fs::write(&image, testkit::pattern::image(9, 131_072)).unwrap();
     let daemon = common::Daemon::start(&image, &sock);
     let (mut m, out) = common::probe_machine("probe=dirtydma");
-    m.add_vhost_user_blk(&VhostUserBlkConfig {
-        socket: sock.clone(),
-        dirty_log: use_log,
-        ..VhostUserBlkConfig::default()
-    })
+    match disk {
+        Disk::Vhost { use_log } => m.add_vhost_user_blk(&VhostUserBlkConfig {
+            socket: sock.clone(),
+            dirty_log: use_log,
+            ..VhostUserBlkConfig::default()
+        }),
+        Disk::InProcess => m.add_disk(&DiskConfig {
+            path: image.clone(),
+            ..DiskConfig::default()
+        }),
+    }
     .unwrap();
     let memory = m.memory.clone();
     let space = m.pc.memory.clone();
@@ -197,14 +210,24 @@ fn backend_write_pages(use_log: bool) -> Vec<u64> {
 fn pages_a_vhost_user_backend_writes_come_from_its_log() {
     let want: Vec<u64> = (64..80).collect();
     assert_eq!(
-        backend_write_pages(true),
+        backend_write_pages(Disk::Vhost { use_log: true }),
         want,
         "the disk read's buffer pages, reported through the daemon's log"
     );
     assert_eq!(
-        backend_write_pages(false),
+        backend_write_pages(Disk::Vhost { use_log: false }),
         Vec::<u64>::new(),
         "without the backend's log nobody reports them: KVM never saw the writes"
+    );
+}
+
+#[test]
+fn pages_the_in_process_device_writes_are_logged_too() {
+    let want: Vec<u64> = (64..80).collect();
+    assert_eq!(
+        backend_write_pages(Disk::InProcess),
+        want,
+        "the iothread's DMA into the buffer marks its pages"
     );
 }
 

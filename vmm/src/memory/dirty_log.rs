@@ -66,6 +66,14 @@ impl DirtyBitmap {
         }
     }
 
+    /// Whether the page holding byte `offset` is dirty.
+    pub fn is_dirty(&self, offset: u64) -> bool {
+        let page = offset / PAGE;
+        self.words
+            .get((page / 64) as usize)
+            .is_some_and(|w| w.load(Ordering::Acquire) >> (page % 64) & 1 == 1)
+    }
+
     /// The dirty page numbers, leaving the map clean.
     pub fn take(&self) -> Vec<u64> {
         let mut out = Vec::new();

@@ -13,8 +13,55 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use vm_memory::mmap::MmapRegion;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::bitmap::{Bitmap, BitmapSlice, NewBitmap, WithBitmapSlice};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{GuestAddress, GuestRegionMmap};
+
+use super::ram::RamBlock;
+
+/// Guest memory as devices see it: every write they make marks the pages
+/// in the RAM block's dirty bitmap, so dirty logging sees device DMA as it
+/// sees vCPU writes (through KVM) and backend writes (through their logs).
+pub type DmaMemory = vm_memory::GuestMemoryMmap<RamDirty>;
+
+/// vm-memory's write tracking, pointed at a RAM block's bitmap.
+#[derive(Clone, Debug, Default)]
+pub struct RamDirty {
+    block: Option<Arc<RamBlock>>,
+    /// Byte offset in the block of this (slice of a) region.
+    base: usize,
+}
+
+impl WithBitmapSlice<'_> for RamDirty {
+    type S = Self;
+}
+
+impl BitmapSlice for RamDirty {}
+
+impl Bitmap for RamDirty {
+    fn mark_dirty(&self, offset: usize, len: usize) {
+        if let Some(b) = &self.block {
+            b.dirty.mark((self.base + offset) as u64, len as u64);
+        }
+    }
+    fn dirty_at(&self, offset: usize) -> bool {
+        self.block
+            .as_ref()
+            .is_some_and(|b| b.dirty.is_dirty((self.base + offset) as u64))
+    }
+    fn slice_at(&self, offset: usize) -> Self {
+        RamDirty {
+            block: self.block.clone(),
+            base: self.base + offset,
+        }
+    }
+}
+
+impl NewBitmap for RamDirty {
+    fn with_len(_len: usize) -> Self {
+        RamDirty::default()
+    }
+}
 
 use super::flatview::FlatRange;
 use super::listener::{HookResult, MemoryListener};
@@ -26,14 +73,14 @@ pub const PRIORITY: i32 = -10;
 
 /// One snapshot of guest RAM for devices.
 pub struct DmaRam {
-    mem: GuestMemoryMmap,
+    mem: DmaMemory,
     /// Keeps the RAM blocks behind `mem` alive.
     _regions: Vec<MemoryRegion>,
 }
 
 impl Deref for DmaRam {
-    type Target = GuestMemoryMmap;
-    fn deref(&self) -> &GuestMemoryMmap {
+    type Target = DmaMemory;
+    fn deref(&self) -> &DmaMemory {
         &self.mem
     }
 }
@@ -45,7 +92,7 @@ pub struct DmaView(Arc<ArcSwap<DmaRam>>);
 impl Default for DmaView {
     fn default() -> Self {
         DmaView(Arc::new(ArcSwap::from_pointee(DmaRam {
-            mem: GuestMemoryMmap::default(),
+            mem: DmaMemory::default(),
             _regions: Vec::new(),
         })))
     }
@@ -79,23 +126,27 @@ impl DmaListener {
     }
 }
 
-/// Maps `r`'s host memory as a vm-memory region at its guest address.
-fn region_of(r: &FlatRange) -> Option<GuestRegionMmap> {
+/// Maps `r`'s host memory as a vm-memory region at its guest address,
+/// with writes marking its RAM block's dirty bitmap.
+fn region_of(r: &FlatRange) -> Option<GuestRegionMmap<RamDirty>> {
     let host = r.host_addr()? as *mut u8;
     let size = usize::try_from(r.size).ok()?;
+    let dirty = RamDirty {
+        block: r.region.ram_block().cloned(),
+        base: usize::try_from(r.offset_in_region).ok()?,
+    };
     // SAFETY: `host..host + size` lies inside the RAM block of `r.region`,
     // a live shared mapping that the snapshot keeps alive (it holds the
-    // region) for as long as this MmapRegion exists. build_raw does not take
-    // ownership: the block unmaps itself when its last holder drops it.
-    let mapping = unsafe {
-        MmapRegion::build_raw(
-            host,
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-        )
-    }
-    .ok()?;
+    // region) for as long as this MmapRegion exists. A raw pointer does not
+    // give the region ownership: the block unmaps itself when its last
+    // holder drops it.
+    let builder =
+        unsafe { MmapRegionBuilder::new_with_bitmap(size, dirty).with_raw_mmap_pointer(host) };
+    let mapping = builder
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_SHARED)
+        .build()
+        .ok()?;
     GuestRegionMmap::new(mapping, GuestAddress(r.addr))
 }
 
@@ -117,11 +168,12 @@ impl MemoryListener for DmaListener {
         self.take(r);
     }
     fn commit(&mut self) -> HookResult {
-        let regions: Vec<GuestRegionMmap> = self.ranges.iter().filter_map(region_of).collect();
+        let regions: Vec<GuestRegionMmap<RamDirty>> =
+            self.ranges.iter().filter_map(region_of).collect();
         let mem = if regions.is_empty() {
-            GuestMemoryMmap::default()
+            DmaMemory::default()
         } else {
-            GuestMemoryMmap::from_regions(regions)
+            DmaMemory::from_regions(regions)
                 .map_err(|e| format!("cannot build the DMA view of guest RAM: {e}"))?
         };
         let keep = self.ranges.drain(..).map(|r| r.region).collect();
