@@ -208,3 +208,119 @@ fn a_backend_refusing_an_add_is_rolled_back_and_can_retry() {
     tx.commit().unwrap();
     assert_eq!(table(&b).len(), 3);
 }
+
+/// A backend whose dirty log is a real shared log the test marks.
+struct LogSink {
+    log: Arc<Mutex<Option<Arc<vmm_vhost::log::DirtyLog>>>>,
+}
+
+impl MemTableSink for LogSink {
+    fn mem_slots(&self) -> bool {
+        true
+    }
+    fn max_regions(&self) -> u64 {
+        509
+    }
+    fn set_mem_table(&mut self, _: &[MemRegion]) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn add_mem_region(&mut self, _: &MemRegion) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn remove_mem_region(&mut self, _: &MemRegion) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn start_log(&mut self, gpa_end: u64) -> Result<(), SinkError> {
+        let mut l = self.log.lock().unwrap();
+        if l.as_ref().is_none_or(|l| l.covers() < gpa_end) {
+            let new = Arc::new(vmm_vhost::log::DirtyLog::new(gpa_end).unwrap());
+            if let Some(old) = l.as_ref() {
+                old.move_into(&new);
+            }
+            *l = Some(new);
+        }
+        Ok(())
+    }
+    fn stop_log(&mut self) {
+        *self.log.lock().unwrap() = None;
+    }
+    fn take_log(&mut self, first: u64, count: u64) -> Option<Vec<u64>> {
+        self.log
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|l| l.take(first, count))
+    }
+}
+
+#[test]
+fn backend_bits_outside_ram_are_ignored_and_none_is_lost_across_table_changes() {
+    let memory = Arc::new(Memory::new());
+    let pc = PcMemory::new(&memory, 64 << 20).unwrap();
+    let log = Arc::new(Mutex::new(None));
+    let sink = LogSink { log: log.clone() };
+    memory
+        .register_listener(&pc.memory, Box::new(VhostListener::new("vhost", sink)))
+        .unwrap();
+    memory.log_global_start().unwrap();
+    let ram = pc.ram.ram_block().unwrap().clone();
+    let current = || log.lock().unwrap().clone().expect("logging");
+    // A page of RAM, a bit the backend set on the option ROM (in the log,
+    // not a section it may write) and one past the log's end: no crash,
+    // nothing invented.
+    let l = current();
+    l.mark(0x200);
+    l.mark(0xc5);
+    l.mark(l.covers() / 4096 + 10);
+    memory.log_sync(&pc.memory);
+    assert_eq!(ram.dirty.take(), vec![0x200]);
+
+    // Hot-add and remove DIMMs (the log grows) while the backend marks
+    // RAM pages: every page marked is reported, once.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mover = {
+        let (memory, system, stop) = (memory.clone(), pc.system.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let dimm = MemoryRegion::ram("dimm", 2 << 20).unwrap();
+                let at = (1u64 << 32) + (n % 8) * (64 << 20);
+                let tx = memory.begin();
+                tx.add_subregion(&system, at, &dimm).unwrap();
+                tx.commit().unwrap();
+                let tx = memory.begin();
+                tx.del_subregion(&system, &dimm).unwrap();
+                tx.commit().unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for page in 0x300..0x300 + 2000u64 {
+        // Let table changes happen between marks.
+        if page % 100 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        current().mark(page);
+        if page % 50 == 0 {
+            memory.log_sync(&pc.memory);
+            for p in ram.dirty.take() {
+                assert!(seen.insert(p), "page {p:#x} reported twice");
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = mover.join().unwrap();
+    assert!(rounds > 0, "the table changed while the backend marked");
+    memory.log_sync(&pc.memory);
+    for p in ram.dirty.take() {
+        assert!(seen.insert(p), "page {p:#x} reported twice");
+    }
+    let want: std::collections::BTreeSet<u64> = (0x300..0x300 + 2000).collect();
+    assert_eq!(
+        seen, want,
+        "every page the backend marked, after {rounds} table changes"
+    );
+    memory.log_global_stop().unwrap();
+}
