@@ -122,7 +122,9 @@ impl MemTableSink for FrontendSink {
                 source: "the backend did not offer them".into(),
             });
         }
-        if self.log.as_ref().is_some_and(|l| l.covers() >= gpa_end) {
+        // Keep the log unless it must grow, or could shrink to half.
+        let fits = |l: &DirtyLog| l.covers() >= gpa_end && l.covers() / 2 < gpa_end.max(1 << 30);
+        if self.log.as_ref().is_some_and(fits) {
             return Ok(());
         }
         let log = DirtyLog::new(gpa_end).map_err(|e| SinkError::Refused {

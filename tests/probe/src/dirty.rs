@@ -2,7 +2,8 @@
 //! paces through a mailbox word in RAM, so the host can check that KVM's
 //! dirty log reports exactly those pages, and after a clear only the next
 //! set. Test area: 1 MiB at 64 MiB; set A is its even pages in the first
-//! half (64 pages), set B its odd pages from page 129 to 191 (32 pages).
+//! half (64 pages), set B its odd pages from page 129 to 191 (32 pages)
+//! and page 0 again.
 //! The mailbox is the first word at 63 MiB; the host writes 1, 2 and 3.
 
 use crate::blk::mmio::{rd, wr};
@@ -39,7 +40,9 @@ pub fn run() {
         ok = wait_for(2);
     }
     if ok {
-        write_pages((129..192).step_by(2), 0xb);
+        // Set B, and page 0 of set A again: a page written after a sync
+        // must be reported again.
+        write_pages((129..192).step_by(2).chain([0]), 0xb);
         crate::diag!("dirty: B written");
         ok = wait_for(3);
     }

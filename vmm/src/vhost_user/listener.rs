@@ -135,6 +135,12 @@ impl<S: MemTableSink> MemoryListener for VhostListener<S> {
             self.sink.start_log(gpa_end(&new))?;
         }
         apply(&mut self.sink, &self.sent, &new)?;
+        // Shrink the log once the backend no longer has the memory.
+        if self.logging && gpa_end(&new) < gpa_end(&self.sent) {
+            if let Err(e) = self.sink.start_log(gpa_end(&new)) {
+                log::warn!("{}: shrinking the dirty log: {e}", self.name);
+            }
+        }
         log::debug!("{}: memory table now {} regions", self.name, new.len());
         self.sent = new;
         self.updates += 1;

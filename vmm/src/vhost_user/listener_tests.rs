@@ -232,7 +232,10 @@ impl MemTableSink for LogSink {
     }
     fn start_log(&mut self, gpa_end: u64) -> Result<(), SinkError> {
         let mut l = self.log.lock().unwrap();
-        if l.as_ref().is_none_or(|l| l.covers() < gpa_end) {
+        let fits = |l: &Arc<vmm_vhost::log::DirtyLog>| {
+            l.covers() >= gpa_end && l.covers() / 2 < gpa_end.max(1 << 30)
+        };
+        if !l.as_ref().is_some_and(fits) {
             let new = Arc::new(vmm_vhost::log::DirtyLog::new(gpa_end).unwrap());
             if let Some(old) = l.as_ref() {
                 old.move_into(&new);
@@ -313,6 +316,11 @@ fn backend_bits_outside_ram_are_ignored_and_none_is_lost_across_table_changes() 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let rounds = mover.join().unwrap();
     assert!(rounds > 0, "the table changed while the backend marked");
+    assert!(
+        current().covers() < 1 << 32,
+        "the log shrank back once the DIMMs were gone ({:#x})",
+        current().covers()
+    );
     memory.log_sync(&pc.memory);
     for p in ram.dirty.take() {
         assert!(seen.insert(p), "page {p:#x} reported twice");
