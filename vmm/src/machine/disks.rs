@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use vmm_backends::block::{BlockEngine, BlockLimits, DiskImage, ImageOptions};
 
+use super::error_chain;
 use super::pc::{Machine, MachineError};
 use crate::interrupt::KvmRouting;
 use crate::iothread::IoThread;
@@ -216,15 +217,4 @@ impl Machine {
         }
         out
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }

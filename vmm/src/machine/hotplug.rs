@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use super::error_chain as err_chain;
 use crate::devices::gpe::{Gpe0, MEMORY_HOTPLUG};
 use crate::devices::mem_hotplug::{HotplugEvents, MemHotplug};
 use crate::memory::{Memory, MemoryRegion};
@@ -98,17 +99,6 @@ impl HotplugEvents for Events {
             });
         }
     }
-}
-
-fn err_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 impl Hotplug {

@@ -21,3 +21,15 @@ pub use layout::PcMemory;
 pub use pc::{Machine, MachineConfig, MachineError, Reset};
 pub use requests::{Request, Requests};
 pub use vfio_user::VfioUserConfig;
+
+/// An error and its sources, one line: what a user needs to see.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

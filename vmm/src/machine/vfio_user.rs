@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use vmm_vfio::{DmaRules, UserClient, UserDma, VfioBackend};
 
+use super::error_chain as chain;
 use super::pc::{Machine, MachineError};
 use crate::interrupt::KvmRouting;
 use crate::vfio::{VfioListener, VfioPci};
@@ -72,15 +73,4 @@ impl Machine {
             bad(e)
         })
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
