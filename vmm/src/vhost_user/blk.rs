@@ -219,9 +219,10 @@ impl Shared {
                 table.add(s);
             }
         }
-        let mut sink = self.conn.sink();
-        sink.connected = Arc::new(AtomicBool::new(true));
-        let res = apply(&mut sink, &[], &table.regions())
+        // With the transaction open no commit can reach the sinks while the
+        // connection is marked up but not yet replayed.
+        self.conn.set_connected(true);
+        let res = apply(&mut self.conn.sink(), &[], &table.regions())
             .map_err(|e| format!("memory table: {e}"))
             .and_then(|()| {
                 let rings = self.lock();
@@ -240,8 +241,8 @@ impl Shared {
                 }
                 Ok(())
             });
-        if res.is_ok() {
-            self.conn.set_connected(true);
+        if res.is_err() {
+            self.conn.set_connected(false);
         }
         let _ = tx.commit();
         res

@@ -57,11 +57,6 @@ impl Blk {
             interrupts: Arc::default(),
         }
     }
-
-    /// Requests completed since start.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
 }
 
 impl VirtioDevice for Blk {
