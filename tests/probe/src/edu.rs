@@ -58,12 +58,7 @@ fn irr(vector: u8) -> bool {
 }
 
 pub fn run() {
-    let mut found = None;
-    pci::scan_bus(0, |f| {
-        if (f.vendor, f.device) == (VENDOR, DEVICE) && found.is_none() {
-            found = Some(f.bdf);
-        }
-    });
+    let found = pci::find_first(VENDOR, DEVICE);
     let Some(bdf) = found else {
         crate::diag!("edu: no device");
         return;
@@ -166,12 +161,7 @@ fn checks(bdf: Bdf, seed: u8) {
 /// `base` into its own memory and back into another DIMM buffer, through
 /// the DMA maps the `vfio` listener gave the server when the DIMM came.
 pub fn dimm_dma(base: u64) {
-    let mut found = None;
-    pci::scan_bus(0, |f| {
-        if (f.vendor, f.device) == (VENDOR, DEVICE) && found.is_none() {
-            found = Some(f.bdf);
-        }
-    });
+    let found = pci::find_first(VENDOR, DEVICE);
     let Some(bdf) = found else {
         return;
     };

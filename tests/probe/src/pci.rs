@@ -113,6 +113,25 @@ pub fn scan_bus(bus: u8, mut found: impl FnMut(&Function)) -> usize {
     count
 }
 
+/// The type-0 functions with this vendor and device ID on bus 0, into
+/// `out` in scan order; returns how many (at most `out.len()`).
+pub fn find(vendor: u16, device: u16, out: &mut [Bdf]) -> usize {
+    let mut n = 0;
+    scan_bus(0, |f| {
+        if (f.vendor, f.device) == (vendor, device) && f.header_type & 0x7f == 0 && n < out.len() {
+            out[n] = f.bdf;
+            n += 1;
+        }
+    });
+    n
+}
+
+/// The first such function.
+pub fn find_first(vendor: u16, device: u16) -> Option<Bdf> {
+    let mut one = [Bdf { bus: 0, device: 0, function: 0 }];
+    (find(vendor, device, &mut one) == 1).then_some(one[0])
+}
+
 /// Sizes the six BARs of a type-0 function the way an OS does: decoding
 /// off, all ones written, the mask read back, the old value and command
 /// restored. Returns (BAR index, size, is I/O) of the implemented ones, and

@@ -18,13 +18,7 @@ pub const LEN: u64 = 64 * SECTOR;
 /// the caller with `pattern::fill` of `seed`), `into` receives it.
 pub fn run(out: u64, into: u64, seed: u64) {
     let mut found = [Bdf { bus: 0, device: 0, function: 0 }; 8];
-    let mut n = 0;
-    pci::scan_bus(0, |f| {
-        if (f.vendor, f.device) == (VENDOR, DEVICE) && n < found.len() {
-            found[n] = f.bdf;
-            n += 1;
-        }
-    });
+    let n = pci::find(VENDOR, DEVICE, &mut found);
     for (i, bdf) in found[..n].iter().enumerate() {
         let Some(mut d) = open(*bdf, 0x90 + 0x10 * i as u8) else {
             continue;

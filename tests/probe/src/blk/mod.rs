@@ -88,13 +88,7 @@ pub struct Options {
 
 pub fn run(cmdline: &Cmdline) {
     let mut bdfs = [Bdf { bus: 0, device: 0, function: 0 }; MAX_DEVICES];
-    let mut n = 0;
-    pci::scan_bus(0, |f| {
-        if (f.vendor, f.device) == (VENDOR, DEVICE) && f.header_type & 0x7f == 0 && n < MAX_DEVICES {
-            bdfs[n] = f.bdf;
-            n += 1;
-        }
-    });
+    let n = pci::find(VENDOR, DEVICE, &mut bdfs);
     if n == 0 {
         crate::diag!("virtio-blk: no device");
         return;
@@ -203,12 +197,6 @@ pub fn open(bdf: Bdf, vector_base: u8) -> Option<dev::Dev> {
 /// `buf` (anywhere in RAM): the device writes guest memory, no vCPU does.
 /// Returns the status, or None without a disk.
 pub fn read_into(buf: u64, len: u32, sector: u64) -> Option<u8> {
-    let mut first = None;
-    pci::scan_bus(0, |f| {
-        if (f.vendor, f.device) == (VENDOR, DEVICE) && first.is_none() {
-            first = Some(f.bdf);
-        }
-    });
-    let mut d = open(first?, 0xa0)?;
+    let mut d = open(pci::find_first(VENDOR, DEVICE)?, 0xa0)?;
     Some(d.request(req::Io::new(0, req::T_IN, sector).buf(buf, len)))
 }
