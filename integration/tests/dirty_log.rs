@@ -7,12 +7,13 @@
 //!
 //! Needs /dev/kvm; a test fails (does not skip) without it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
 
 use testkit::process::Captured;
+use vmm::machine::Machine;
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
@@ -74,13 +75,7 @@ fn kvm_reports_exactly_the_pages_the_guest_wrote_and_a_clear_rearms_it() {
             Ok((first, second))
         })
     };
-    let status = m.run().expect("the guest runs to its exit");
-    let text = out.text();
-    let (first, second) = host
-        .join()
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert_eq!(status, 0, "failed checks:\n{text}");
+    let (first, second) = run_with_host(&mut m, &out, host);
 
     let (a, a_rest) = split(first);
     let want_a: Vec<u64> = (0..128).step_by(2).collect();
@@ -149,6 +144,33 @@ fn calc_dirty_rate_over_qmp_measures_what_the_guest_writes() {
 /// The probe's disk reads 16 pages into the test area through a
 /// vhost-user-blk disk on our daemon while dirty logging is on; returns the
 /// test-area pages reported dirty after it.
+/// A scratch directory with a 64 MiB patterned image and our daemon
+/// serving it: (directory, image, socket, daemon).
+fn daemon_disk(name: &str) -> (PathBuf, PathBuf, PathBuf, common::Daemon) {
+    let dir = common::scratch(&format!("dirty-{name}"));
+    let (image, sock) = (dir.join("disk.img"), dir.join("vub.sock"));
+    std::fs::write(&image, testkit::pattern::image(9, 131_072)).unwrap();
+    let daemon = common::Daemon::start(&image, &sock);
+    (dir, image, sock, daemon)
+}
+
+/// Runs the guest to its end while `host` paces it; returns what the host
+/// collected, panicking with the guest's output if either side failed.
+fn run_with_host<T>(
+    m: &mut Machine,
+    out: &Captured,
+    host: std::thread::JoinHandle<Result<T, String>>,
+) -> T {
+    let status = m.run().expect("the guest runs to its exit");
+    let text = out.text();
+    let got = host
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(status, 0, "failed checks:\n{text}");
+    got
+}
+
 /// Which disk does the read: our daemon behind the vhost-user-blk device
 /// (with its log used or not), or the in-process device on an iothread.
 #[derive(Clone, Copy, Debug)]
@@ -159,12 +181,7 @@ enum Disk {
 
 fn backend_write_pages(disk: Disk) -> Vec<u64> {
     use vmm::machine::{DiskConfig, VhostUserBlkConfig};
-    let dir = std::env::temp_dir().join(format!("vmm-dirty-{}-{disk:?}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (image, sock) = (dir.join("disk.img"), dir.join("vub.sock"));
-    std::fs::write(&image, testkit::pattern::image(9, 131_072)).unwrap();
-    let daemon = common::Daemon::start(&image, &sock);
+    let (dir, image, sock, daemon) = daemon_disk(&format!("{disk:?}"));
     let (mut m, out) = common::probe_machine("probe=dirtydma");
     match disk {
         Disk::Vhost { use_log } => m.add_vhost_user_blk(&VhostUserBlkConfig {
@@ -197,15 +214,9 @@ fn backend_write_pages(disk: Disk) -> Vec<u64> {
             Ok(dirty)
         })
     };
-    let status = m.run().expect("the guest runs to its exit");
-    let text = out.text();
-    let dirty = host
-        .join()
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let dirty = run_with_host(&mut m, &out, host);
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(status, 0, "failed checks:\n{text}");
     split(dirty).0
 }
 
@@ -238,12 +249,7 @@ fn pages_the_in_process_device_writes_are_logged_too() {
 fn a_dimm_added_while_logging_is_logged_from_its_first_write() {
     use vmm::machine::hotplug::HotplugEvent;
     use vmm::machine::VhostUserBlkConfig;
-    let dir = std::env::temp_dir().join(format!("vmm-dirty-dimm-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (image, sock) = (dir.join("disk.img"), dir.join("vub.sock"));
-    std::fs::write(&image, testkit::pattern::image(9, 131_072)).unwrap();
-    let daemon = common::Daemon::start(&image, &sock);
+    let (dir, _image, sock, daemon) = daemon_disk("dimm");
     let (mut m, out) = common::probe_machine("probe=dimm");
     let hp = m.enable_memory_hotplug(1 << 30, 2).unwrap();
     m.add_vhost_user_blk(&VhostUserBlkConfig {
@@ -280,15 +286,9 @@ fn a_dimm_added_while_logging_is_logged_from_its_first_write() {
             Ok(dirty)
         })
     };
-    let status = m.run().expect("the guest runs to its exit");
-    let text = out.text();
-    let dirty = host
-        .join()
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let dirty = run_with_host(&mut m, &out, host);
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(status, 0, "failed checks:\n{text}");
     // The probe's CPU wrote the DIMM's first and last MiB (KVM's log of the
     // new slot); the vhost-user disk read 8 pages into it at 2 MiB (the
     // daemon's log, grown for the DIMM before the daemon could write it).

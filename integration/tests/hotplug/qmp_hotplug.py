@@ -20,27 +20,11 @@ import time
 
 from qemu.qmp import ExecuteError, QMPClient
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from qmp_checks import ok, wait_serial  # noqa: E402
+
 SIZE = 128 << 20
 
-
-def ok(cond, what, detail=""):
-    if not cond:
-        print(f"not ok - {what} {detail}", flush=True)
-        sys.exit(1)
-    print(f"ok - {what}", flush=True)
-
-
-async def wait_serial(path, marker, timeout=60):
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                if marker in f.read():
-                    return True
-        except FileNotFoundError:
-            pass
-        await asyncio.sleep(0.02)
-    return False
 
 
 async def mtree(qmp):

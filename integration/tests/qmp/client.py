@@ -16,12 +16,8 @@ import time
 
 from qemu.qmp import ExecuteError, QMPClient
 
-
-def ok(cond, what, detail=""):
-    if not cond:
-        print(f"not ok - {what} {detail}", flush=True)
-        sys.exit(1)
-    print(f"ok - {what}", flush=True)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from qmp_checks import ok  # noqa: E402
 
 
 def raw_session(path):
