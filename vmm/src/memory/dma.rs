@@ -10,6 +10,7 @@
 //! last), so what devices can reach is always a superset of what vCPUs can.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -30,6 +31,16 @@ pub struct RamDirty {
     block: Option<Arc<RamBlock>>,
     /// Byte offset in the block of this (slice of a) region.
     base: usize,
+    /// The view's logging switch; no switch means never mark.
+    logging: Option<Arc<AtomicBool>>,
+}
+
+impl RamDirty {
+    fn logging(&self) -> bool {
+        self.logging
+            .as_ref()
+            .is_some_and(|l| l.load(Ordering::SeqCst))
+    }
 }
 
 impl WithBitmapSlice<'_> for RamDirty {
@@ -40,6 +51,12 @@ impl BitmapSlice for RamDirty {}
 
 impl Bitmap for RamDirty {
     fn mark_dirty(&self, offset: usize, len: usize) {
+        // The data is written before this check: a write that finds logging
+        // off happened before it started, and the consumer's first full
+        // pass after the start covers it.
+        if !self.logging() {
+            return;
+        }
         if let Some(b) = &self.block {
             b.dirty.mark((self.base + offset) as u64, len as u64);
         }
@@ -53,6 +70,7 @@ impl Bitmap for RamDirty {
         RamDirty {
             block: self.block.clone(),
             base: self.base + offset,
+            logging: self.logging.clone(),
         }
     }
 }
@@ -87,20 +105,27 @@ impl Deref for DmaRam {
 
 /// The shared handle devices keep.
 #[derive(Clone)]
-pub struct DmaView(Arc<ArcSwap<DmaRam>>);
+pub struct DmaView {
+    ram: Arc<ArcSwap<DmaRam>>,
+    /// Global dirty logging is on: device writes mark their pages.
+    logging: Arc<AtomicBool>,
+}
 
 impl Default for DmaView {
     fn default() -> Self {
-        DmaView(Arc::new(ArcSwap::from_pointee(DmaRam {
-            mem: DmaMemory::default(),
-            _regions: Vec::new(),
-        })))
+        DmaView {
+            ram: Arc::new(ArcSwap::from_pointee(DmaRam {
+                mem: DmaMemory::default(),
+                _regions: Vec::new(),
+            })),
+            logging: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
 
 impl DmaView {
     pub fn snapshot(&self) -> Arc<DmaRam> {
-        self.0.load_full()
+        self.ram.load_full()
     }
 
     /// The listener that keeps this view current.
@@ -128,12 +153,13 @@ impl DmaListener {
 
 /// Maps `r`'s host memory as a vm-memory region at its guest address,
 /// with writes marking its RAM block's dirty bitmap.
-fn region_of(r: &FlatRange) -> Option<GuestRegionMmap<RamDirty>> {
+fn region_of(r: &FlatRange, logging: &Arc<AtomicBool>) -> Option<GuestRegionMmap<RamDirty>> {
     let host = r.host_addr()? as *mut u8;
     let size = usize::try_from(r.size).ok()?;
     let dirty = RamDirty {
         block: r.region.ram_block().cloned(),
         base: usize::try_from(r.offset_in_region).ok()?,
+        logging: Some(logging.clone()),
     };
     // SAFETY: `host..host + size` lies inside the RAM block of `r.region`,
     // a live shared mapping that the snapshot keeps alive (it holds the
@@ -167,9 +193,20 @@ impl MemoryListener for DmaListener {
     fn region_nop(&mut self, r: &FlatRange) {
         self.take(r);
     }
+    fn log_global_start(&mut self) -> HookResult {
+        self.view.logging.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+    fn log_global_stop(&mut self) {
+        self.view.logging.store(false, Ordering::SeqCst);
+    }
     fn commit(&mut self) -> HookResult {
-        let regions: Vec<GuestRegionMmap<RamDirty>> =
-            self.ranges.iter().filter_map(region_of).collect();
+        let logging = &self.view.logging;
+        let regions: Vec<GuestRegionMmap<RamDirty>> = self
+            .ranges
+            .iter()
+            .filter_map(|r| region_of(r, logging))
+            .collect();
         let mem = if regions.is_empty() {
             DmaMemory::default()
         } else {
@@ -177,7 +214,7 @@ impl MemoryListener for DmaListener {
                 .map_err(|e| format!("cannot build the DMA view of guest RAM: {e}"))?
         };
         let keep = self.ranges.drain(..).map(|r| r.region).collect();
-        self.view.0.store(Arc::new(DmaRam {
+        self.view.ram.store(Arc::new(DmaRam {
             mem,
             _regions: keep,
         }));
@@ -229,5 +266,40 @@ mod tests {
             0xabcd,
             "the old snapshot keeps its block mapped"
         );
+    }
+
+    #[test]
+    fn device_writes_mark_pages_only_while_logging() {
+        let memory = Memory::new();
+        let root = MemoryRegion::container("root", 1 << 32);
+        let space = memory.add_address_space("memory", root.clone());
+        let view = DmaView::default();
+        memory
+            .register_listener(&space, Box::new(view.listener()))
+            .unwrap();
+        let ram = MemoryRegion::ram("ram", 1 << 20).unwrap();
+        let tx = memory.begin();
+        tx.add_subregion(&root, 0, &ram).unwrap();
+        tx.commit().unwrap();
+        let dirty = || ram.ram_block().unwrap().dirty.count();
+        let snap = view.snapshot();
+
+        snap.write_obj(1u64, GuestAddress(0x1000)).unwrap();
+        assert_eq!(dirty(), 0, "logging off: nothing marked");
+
+        memory.log_global_start().unwrap();
+        snap.write_obj(2u64, GuestAddress(0x3000)).unwrap();
+        view.snapshot()
+            .write_slice(&[7; 0x2000], GuestAddress(0x8000))
+            .unwrap();
+        assert_eq!(
+            ram.ram_block().unwrap().dirty.take(),
+            vec![3, 8, 9],
+            "a snapshot taken before the start marks too"
+        );
+
+        memory.log_global_stop().unwrap();
+        snap.write_obj(3u64, GuestAddress(0x5000)).unwrap();
+        assert_eq!(dirty(), 0, "logging stopped: nothing marked");
     }
 }
