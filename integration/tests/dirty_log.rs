@@ -112,7 +112,7 @@ fn calc_dirty_rate_over_qmp_measures_what_the_guest_writes() {
         .args(["--serial", &format!("file={}", serial.display())])
         .args([
             "--cmdline",
-            &format!("console=ttyS0 probe=none probe=dirtyrate dirtyrate-mb={mb} dirtyrate-secs=4"),
+            &format!("console=ttyS0 probe=none probe=dirtyrate dirtyrate-mb={mb} dirtyrate-secs=5"),
         ])
         .spawn()
         .expect("the vmm binary");

@@ -18,6 +18,10 @@ pub trait PciDevice: Send {
         _len: usize,
     ) {
     }
+    /// A guest read of `[off, off + data.len())` filled `data` from `cfg`;
+    /// a register whose value is computed on access (a window into a BAR)
+    /// overwrites its bytes.
+    fn config_read(&self, _cfg: &ConfigSpace, _off: usize, _data: &mut [u8]) {}
     /// The machine resets; the config space is already back to its initial
     /// bytes.
     fn reset(&mut self, _tx: &Transaction<'_>) {}
@@ -91,6 +95,7 @@ impl PciFunction {
 
     pub fn read(&self, off: usize, data: &mut [u8]) {
         self.cfg.read(off, data);
+        self.dev.config_read(&self.cfg, off, data);
     }
 
     /// A guest write. BAR and command changes remap BARs in `tx`.

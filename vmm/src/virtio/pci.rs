@@ -7,6 +7,11 @@
 //! notify never reaches a vCPU thread; a notify that does arrive here (no
 //! KVM, or an odd access) is forwarded to the same eventfd. Each vector's
 //! interrupt is the MSI-X table's irqfd.
+//!
+//! The PCI configuration access capability (`VIRTIO_PCI_CAP_PCI_CFG`) is a
+//! window into BAR 4 through config space, for firmware that cannot reach
+//! the BAR (one placed above 4 GiB): the driver sets offset and length,
+//! then reads or writes the data field.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,6 +50,7 @@ const CFG_COMMON: u8 = 1;
 const CFG_NOTIFY: u8 = 2;
 const CFG_ISR: u8 = 3;
 const CFG_DEVICE: u8 = 4;
+const CFG_PCI: u8 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -82,6 +88,8 @@ pub struct VirtioPci<R: Routing> {
     broken: Arc<Broken>,
     msix: Arc<MsixTable<R>>,
     msix_cap: usize,
+    /// Offset of the `VIRTIO_PCI_CAP_PCI_CFG` capability.
+    pci_cfg_cap: usize,
     kicks: Vec<Arc<EventFd>>,
     mem: DmaView,
     pub stats: AccessStats,
@@ -127,6 +135,7 @@ impl<R: Routing + 'static> VirtioPci<R> {
         );
         add_virtio_cap(&mut cfg, CFG_ISR, ISR_AT, 1, None);
         add_virtio_cap(&mut cfg, CFG_DEVICE, DEVICE_AT, config_len, None);
+        let pci_cfg_cap = add_pci_cfg_cap(&mut cfg);
         let mut body = Vec::with_capacity(10);
         body.extend_from_slice(&(vectors - 1).to_le_bytes());
         body.extend_from_slice(&(MSIX_BAR as u32).to_le_bytes());
@@ -149,6 +158,7 @@ impl<R: Routing + 'static> VirtioPci<R> {
             broken: Arc::default(),
             msix,
             msix_cap,
+            pci_cfg_cap,
             kicks,
             mem,
             stats: AccessStats::default(),
@@ -369,6 +379,25 @@ impl<R: Routing + 'static> RegionOps for VirtioPci<R> {
 /// The PCI-side hooks: MSI-X control bits and machine reset.
 struct Hooks<R: Routing>(Arc<VirtioPci<R>>);
 
+impl<R: Routing> Hooks<R> {
+    /// The BAR 4 range the PCI_CFG window selects, if it is one the spec
+    /// allows (1, 2 or 4 bytes, aligned, in BAR 4); else the window is inert.
+    fn window(&self, cfg: &ConfigSpace) -> Option<(u64, usize)> {
+        let cap = self.0.pci_cfg_cap;
+        let (bar, at, len) = (cfg.u8(cap + 4), cfg.u32(cap + 8), cfg.u32(cap + 12));
+        let ok = usize::from(bar) == CAPS_BAR
+            && matches!(len, 1 | 2 | 4)
+            && at % len == 0
+            && u64::from(at) + u64::from(len) <= CAPS_BAR_SIZE;
+        ok.then_some((u64::from(at), len as usize))
+    }
+}
+
+/// Whether `[off, off + len)` overlaps the 4 bytes at `field`.
+fn touches(off: usize, len: usize, field: usize) -> bool {
+    off < field + 4 && field < off + len
+}
+
 impl<R: Routing + 'static> PciDevice for Hooks<R> {
     fn config_written(&mut self, _tx: &Transaction<'_>, cfg: &ConfigSpace, off: usize, len: usize) {
         let ctl = self.0.msix_cap + 2;
@@ -378,6 +407,30 @@ impl<R: Routing + 'static> PciDevice for Hooks<R> {
                 enabled: v & 0x8000 != 0,
                 function_mask: v & 0x4000 != 0,
             });
+        }
+        let data = self.0.pci_cfg_cap + 16;
+        if touches(off, len, data) {
+            if let Some((at, n)) = self.window(cfg) {
+                let bytes = cfg.u32(data).to_le_bytes();
+                self.0.write(at, &bytes[..n]);
+            }
+        }
+    }
+
+    fn config_read(&self, cfg: &ConfigSpace, off: usize, out: &mut [u8]) {
+        let data = self.0.pci_cfg_cap + 16;
+        if !touches(off, out.len(), data) {
+            return;
+        }
+        let Some((at, n)) = self.window(cfg) else {
+            return;
+        };
+        let mut value = [0u8; 4];
+        self.0.read(at, &mut value[..n]);
+        for (i, b) in out.iter_mut().enumerate() {
+            if let Some(v) = (off + i).checked_sub(data).and_then(|k| value.get(k)) {
+                *b = *v;
+            }
         }
     }
 
@@ -405,4 +458,17 @@ fn add_virtio_cap(cfg: &mut ConfigSpace, kind: u8, offset: u64, len: u32, mult: 
     }
     cfg.add_capability(CAP_VENDOR, &body)
         .expect("a fresh config space has room for five capabilities");
+}
+
+/// `struct virtio_pci_cfg_cap`: bar, offset and length writable, then the
+/// 4-byte data field; returns the capability's offset.
+fn add_pci_cfg_cap(cfg: &mut ConfigSpace) -> usize {
+    let mut body = vec![20u8, CFG_PCI, 0, 0, 0, 0];
+    body.extend_from_slice(&[0; 12]);
+    let cap = cfg
+        .add_capability(CAP_VENDOR, &body)
+        .expect("a fresh config space has room for six capabilities");
+    cfg.set_writable(cap + 4, &[0xff]);
+    cfg.set_writable(cap + 8, &[0xff; 12]);
+    cap
 }

@@ -17,6 +17,8 @@ use crate::interrupt::{GsiRouter, MsixConfig, Routing};
 use crate::iothread::IoThread;
 use crate::memory::dma::DmaView;
 use crate::memory::{Memory, MemoryRegion, RegionOps};
+use crate::pci::function::Windows;
+use crate::pci::PciFunction;
 
 struct NoKvm;
 
@@ -42,6 +44,7 @@ struct Rig {
     _memory: Memory,
     ram: MemoryRegion,
     t: Arc<VirtioPci<NoKvm>>,
+    f: PciFunction,
     image: std::path::PathBuf,
     _thread: Arc<IoThread>,
 }
@@ -66,12 +69,13 @@ impl Rig {
         tx.add_subregion(&root, 0, &ram).unwrap();
         tx.commit().unwrap();
         let blk = Blk::new(engine, 1, 64, vec![thread.clone()]);
-        let (t, _f) =
+        let (t, f) =
             VirtioPci::new("vblk", Box::new(blk), GsiRouter::new(NoKvm), &memory, dma).unwrap();
         Rig {
             _memory: memory,
             ram,
             t,
+            f,
             image,
             _thread: thread,
         }
@@ -241,4 +245,68 @@ fn odd_accesses_anywhere_in_the_bar_do_no_harm() {
     rig.bring_up();
     rig.request(0, 1, 0);
     assert!(rig.wait_used(1), "still serves after garbage");
+}
+
+/// The config-space offset of the vendor capability of `cfg_type`.
+fn virtio_cap(f: &PciFunction, cfg_type: u8) -> Option<usize> {
+    let mut at = usize::from(f.cfg.u8(0x34));
+    while at != 0 {
+        if f.cfg.u8(at) == 0x09 && f.cfg.u8(at + 3) == cfg_type {
+            return Some(at);
+        }
+        at = usize::from(f.cfg.u8(at + 1));
+    }
+    None
+}
+
+#[test]
+fn the_pci_cfg_capability_is_a_window_into_bar4() {
+    let mut rig = Rig::new("pcicfg");
+    let cap = virtio_cap(&rig.f, 5).expect("a VIRTIO_PCI_CAP_PCI_CFG capability");
+    assert_eq!(rig.f.cfg.u8(cap + 2), 20, "cap_len");
+    let (mem, io) = (
+        MemoryRegion::container("pci-mem", 1 << 32),
+        MemoryRegion::container("pci-io", 1 << 16),
+    );
+    let win = Windows { mem: &mem, io: &io };
+    let cfg_write = |rig: &mut Rig, off: usize, v: u32, len: usize| {
+        let tx = rig._memory.begin();
+        rig.f
+            .write(&tx, &win, off, &v.to_le_bytes()[..len])
+            .unwrap();
+        tx.commit().unwrap();
+    };
+    let cfg_read = |rig: &Rig, off: usize, len: usize| {
+        let mut b = [0u8; 4];
+        rig.f.read(off, &mut b[..len]);
+        u32::from_le_bytes(b)
+    };
+    let select = |rig: &mut Rig, bar: u32, at: u32, len: u32| {
+        cfg_write(rig, cap + 4, bar, 1);
+        cfg_write(rig, cap + 8, at, 4);
+        cfg_write(rig, cap + 12, len, 4);
+    };
+
+    // queue_select = 0 through the window, then queue_size read back.
+    select(&mut rig, 4, 0x16, 2);
+    cfg_write(&mut rig, cap + 16, 0, 2);
+    select(&mut rig, 4, 0x18, 2);
+    assert_eq!(cfg_read(&rig, cap + 16, 4) & 0xffff, 64, "queue_size");
+    assert_eq!(cfg_read(&rig, cap + 17, 1), 0, "a byte of it, at its place");
+    // device_status written through the window is what the BAR shows.
+    select(&mut rig, 4, 0x14, 1);
+    cfg_write(&mut rig, cap + 16, 1, 1);
+    assert_eq!(rig.r(0x14, 1), 1, "ACKNOWLEDGE reached the common config");
+    assert_eq!(cfg_read(&rig, cap + 16, 1), 1);
+    // The device config (capacity of the 1 MiB disk: 2048 sectors).
+    select(&mut rig, 4, 0x2000, 4);
+    assert_eq!(cfg_read(&rig, cap + 16, 4), 2048);
+
+    // What the spec does not allow is inert: another BAR, a length of 3,
+    // an unaligned offset, a range past the BAR.
+    for (bar, at, len) in [(1, 0x14, 1), (4, 0x14, 3), (4, 0x15, 2), (4, 0x3ffe, 4)] {
+        select(&mut rig, bar, at, len);
+        cfg_write(&mut rig, cap + 16, 0x7f, 1);
+        assert_eq!(rig.r(0x14, 1), 1, "bar {bar} offset {at:#x} length {len}");
+    }
 }
