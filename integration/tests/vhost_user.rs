@@ -100,7 +100,7 @@ fn qemu_run(kit: &testkit::guest_kit::GuestKit) -> (String, Vec<u8>) {
             .arg(&kit.initramfs)
             .args([
                 "-append",
-                "console=ttyS0 panic=-1 quiet tsc_early_khz=2000000 kit_test=blk",
+                "console=ttyS0 panic=-1 quiet tsc_early_khz=2000000 no_timer_check kit_test=blk",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -44,7 +44,7 @@ pub fn run(limit: Duration) -> String {
             .arg(&initrd)
             .args([
                 "-append",
-                "console=ttyS0 panic=-1 quiet tsc_early_khz=2000000 \
+                "console=ttyS0 panic=-1 quiet tsc_early_khz=2000000 no_timer_check \
                  intel_iommu=on iommu=pt kit_test=vfio-nested",
             ])
             .stdout(Stdio::piped())

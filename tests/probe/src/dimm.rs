@@ -2,12 +2,14 @@
 //! memory-hotplug registers at 0xa00 (QEMU's interface, which the DSDT's
 //! methods use for an OS): wait for a DIMM, use it with the CPU and with
 //! every disk's DMA, then wait for the host's removal request, eject, and
-//! check the memory is gone.
+//! check the memory is gone. The insert must also raise the SCI (GPE0 bit
+//! 3 through IOAPIC pin 9), which is how an OS hears of it.
 
 use crate::blk::mmio::rd;
 use crate::blk::pattern::{self, SECTOR};
 use crate::blk::timer::Deadline;
 use crate::port::{inb, inl, outb, outl};
+use crate::sci;
 
 const BASE: u16 = 0xa00;
 const ENABLED: u8 = 1;
@@ -16,6 +18,8 @@ const REMOVE: u8 = 4;
 const EJECT: u8 = 8;
 const SEED: u64 = 0xd1;
 const MIB: u64 = 1 << 20;
+/// GPE0 bit of memory hotplug.
+const GPE_MEMORY: u8 = 1 << 3;
 
 fn select(slot: u32) {
     outl(BASE, slot);
@@ -51,11 +55,24 @@ pub fn run() {
         crate::check!("dimm: the memory hotplug registers answer", false, "no slot 0");
         return;
     }
+    sci::route(GPE_MEMORY);
+    crate::check!("dimm: no SCI before any event", !sci::pending(), "");
     crate::diag!("dimm: waiting");
     let Some(slot) = wait_for(INSERT, 60_000) else {
         crate::check!("dimm: a DIMM is announced", false, "no insert event in 60 s");
         return;
     };
+    let raised = sci::wait(1000);
+    let gpe = inb(sci::GPE0);
+    crate::check!(
+        "dimm: the insert raised the SCI through GPE0 bit 3 and IOAPIC pin 9",
+        raised && gpe & GPE_MEMORY != 0,
+        "vector {:#x} pending {raised}, GPE0 status {gpe:#x}",
+        sci::VECTOR
+    );
+    outb(sci::GPE0, GPE_MEMORY);
+    let gpe = inb(sci::GPE0);
+    crate::check!("dimm: GPE0 status clears by writing 1", gpe & GPE_MEMORY == 0, "{gpe:#x}");
     select(slot);
     let base = u64::from(inl(BASE)) | u64::from(inl(BASE + 4)) << 32;
     let size = u64::from(inl(BASE + 8)) | u64::from(inl(BASE + 0xc)) << 32;
@@ -109,4 +126,5 @@ pub fn run() {
         word == u64::MAX,
         "{base:#x} reads {word:#x}"
     );
+    sci::unroute();
 }

@@ -34,6 +34,7 @@ mod pci;
 mod port;
 mod ram;
 mod reset;
+mod sci;
 mod serial;
 mod smp;
 mod tap;

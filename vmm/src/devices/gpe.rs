@@ -1,50 +1,18 @@
 //! The ACPI GPE0 block (PIIX4's, at 0xafe0: 2 bytes of status, write 1 to
 //! clear, then 2 bytes of enable) and the SCI line it drives. Bit 3 is
 //! memory hotplug, as in QEMU, so the DSDT's `_E03` runs the slot scan.
+//! It holds the shared SCI up while an enabled event is pending.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
-use kvm_ioctls::VmFd;
-
-use crate::acpi::SCI_IRQ;
+use super::sci::{SciLine, SciSource};
 use crate::memory::RegionOps;
 
 pub const PORT: u64 = 0xafe0;
 pub const SIZE: u64 = 4;
 /// GPE0 bit of memory hotplug events.
 pub const MEMORY_HOTPLUG: u16 = 1 << 3;
-
-/// The SCI: a level-triggered line on IOAPIC pin 9, driven with
-/// KVM_IRQ_LINE on whichever VM runs (re-asserted on a new VM).
-#[derive(Default)]
-pub struct SciLine {
-    vm: ArcSwapOption<VmFd>,
-    level: AtomicBool,
-}
-
-impl SciLine {
-    pub fn set(&self, level: bool) {
-        self.level.store(level, Ordering::Release);
-        self.apply();
-    }
-
-    /// Follows the machine to a new VM (None between VMs).
-    pub fn attach(&self, vm: Option<Arc<VmFd>>) {
-        self.vm.store(vm);
-        self.apply();
-    }
-
-    fn apply(&self) {
-        if let Some(vm) = self.vm.load_full() {
-            let level = self.level.load(Ordering::Acquire);
-            if let Err(e) = vm.set_irq_line(u32::from(SCI_IRQ), level) {
-                log::warn!("SCI: KVM_IRQ_LINE failed: {e}");
-            }
-        }
-    }
-}
 
 pub struct Gpe0 {
     status: AtomicU16,
@@ -69,7 +37,7 @@ impl Gpe0 {
 
     fn update(&self) {
         let on = self.status.load(Ordering::Acquire) & self.enable.load(Ordering::Acquire) != 0;
-        self.sci.set(on);
+        self.sci.set(SciSource::Gpe0, on);
     }
 
     pub fn reset(&self) {
@@ -122,10 +90,10 @@ mod tests {
         g.read(0, &mut b);
         assert_eq!(b, [8, 0, 0, 0]);
         g.write(2, &[8]);
-        assert!(g.sci.level.load(Ordering::Acquire), "enabled and pending");
+        assert!(g.sci.is_raised(), "enabled and pending");
         g.write(0, &[8]);
         g.read(0, &mut b);
         assert_eq!(b, [0, 0, 8, 0]);
-        assert!(!g.sci.level.load(Ordering::Acquire));
+        assert!(!g.sci.is_raised());
     }
 }

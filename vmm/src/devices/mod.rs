@@ -3,3 +3,4 @@
 pub mod gpe;
 pub mod legacy;
 pub mod mem_hotplug;
+pub mod sci;

@@ -19,11 +19,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, AcpiConfig};
 use crate::boot::{self, BootSpec, CpuTemplate, E820Entry, E820Kind};
-use crate::devices::gpe::SciLine;
 use crate::devices::legacy::{
     cmos, debug_exit, pm, reset_ports, serial, Cmos, DebugExit, I8042Data, Pm1, PortA, Serial,
     I8042,
 };
+use crate::devices::sci::SciLine;
 use crate::interrupt::{GsiRouter, KvmRouting};
 use crate::iothread::IoThread;
 use crate::kvm::ioevents::{Bus, KvmIoEvents, KvmIoListener};
@@ -215,9 +215,7 @@ impl Machine {
             reset_ports::I8042_COMMAND,
             &io("i8042-cmd", 1, kbd),
         )?;
-        let sci = Arc::new(
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| MachineError::Device("acpi-sci", e))?,
-        );
+        let sci = Arc::new(SciLine::default());
         let pm1 = Arc::new(Pm1::new(requests.clone()).with_sci(sci.clone()));
         tx.add_subregion(
             &pc.io_root,
@@ -239,14 +237,14 @@ impl Machine {
             pci,
             monitor: MonitorState::new(pm1.clone()),
             resets: vec![cmos as Arc<dyn Reset>, pm1 as Arc<dyn Reset>],
-            irq_lines: vec![(sci, u32::from(acpi::SCI_IRQ))],
+            irq_lines: Vec::new(),
             router: GsiRouter::new(KvmRouting::detached()),
             dma,
             iothreads: Vec::new(),
             virtio: Vec::new(),
             disks: 0,
             vhost_user: Vec::new(),
-            sci: Arc::default(),
+            sci,
             hotplug: None,
             vcpu_slot: Arc::default(),
             running: None,

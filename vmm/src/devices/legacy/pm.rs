@@ -2,17 +2,16 @@
 //! status/enable, PM1a control, and the 32-bit PM timer at
 //! 3.579545 MHz. SCI_EN reads as set (there is no SMM to hand over from).
 //! Writing SLP_EN with the \_S5 sleep type powers the machine off.
-//! The power button (`press_power_button`) sets PWRBTN_STS and, when the
-//! guest enabled it, raises the SCI (GSI 9) through the line `with_sci`
-//! gave.
+//! The power button (`press_power_button`) sets PWRBTN_STS; while it is
+//! set and the guest enabled it, PM1 holds up the shared SCI `with_sci`
+//! gave (level, like GPE0's events, until the guest clears the status).
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use vmm_sys_util::eventfd::EventFd;
-
 use crate::acpi::S5_TYPE;
+use crate::devices::sci::{SciLine, SciSource};
 use crate::machine::requests::{Request, Requests};
 use crate::memory::RegionOps;
 
@@ -29,8 +28,8 @@ pub struct Pm1 {
     enable: AtomicU16,
     control: AtomicU16,
     start: Instant,
-    /// The SCI line (bound to GSI 9), if wired.
-    sci: Option<Arc<EventFd>>,
+    /// The shared SCI, if wired.
+    sci: Option<Arc<SciLine>>,
 }
 
 impl Pm1 {
@@ -45,27 +44,23 @@ impl Pm1 {
         }
     }
 
-    /// Raises the SCI on `sci` when an enabled status bit is set.
-    pub fn with_sci(mut self, sci: Arc<EventFd>) -> Self {
+    /// Holds `sci` up while an enabled status bit is set.
+    pub fn with_sci(mut self, sci: Arc<SciLine>) -> Self {
         self.sci = Some(sci);
         self
     }
 
     /// Presses the power button: PWRBTN_STS, and an SCI if PWRBTN_EN.
     pub fn press_power_button(&self) {
-        self.status.fetch_or(PWRBTN, Ordering::Relaxed);
+        self.status.fetch_or(PWRBTN, Ordering::AcqRel);
         self.update_sci();
     }
 
-    /// Pulses the SCI while an enabled event is pending.
+    /// The SCI level: an enabled event is pending.
     fn update_sci(&self) {
-        let pending = self.status.load(Ordering::Relaxed) & self.enable.load(Ordering::Relaxed);
-        if pending & PWRBTN != 0 {
-            if let Some(sci) = &self.sci {
-                if let Err(e) = sci.write(1) {
-                    log::warn!("acpi-pm1: cannot raise the SCI: {e}");
-                }
-            }
+        let pending = self.status.load(Ordering::Acquire) & self.enable.load(Ordering::Acquire);
+        if let Some(sci) = &self.sci {
+            sci.set(SciSource::Pm1, pending & PWRBTN != 0);
         }
     }
 
@@ -94,10 +89,11 @@ impl RegionOps for Pm1 {
         match offset {
             // Status bits are write-1-to-clear.
             0 => {
-                self.status.fetch_and(!v, Ordering::Relaxed);
+                self.status.fetch_and(!v, Ordering::AcqRel);
+                self.update_sci();
             }
             2 => {
-                self.enable.store(v, Ordering::Relaxed);
+                self.enable.store(v, Ordering::Release);
                 self.update_sci();
             }
             4 => {
@@ -119,6 +115,7 @@ impl crate::machine::Reset for Pm1 {
         self.status.store(0, Ordering::Relaxed);
         self.enable.store(0, Ordering::Relaxed);
         self.control.store(SCI_EN, Ordering::Relaxed);
+        self.update_sci();
     }
 }
 
@@ -149,19 +146,23 @@ mod tests {
 
     #[test]
     fn the_power_button_sets_its_status_and_raises_the_sci_when_enabled() {
-        let sci = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let sci = Arc::new(SciLine::default());
         let pm = Pm1::new(Requests::new().unwrap()).with_sci(sci.clone());
         pm.press_power_button();
         let mut st = [0u8; 2];
         pm.read(0, &mut st);
         assert_eq!(u16::from_le_bytes(st) & PWRBTN, PWRBTN);
-        assert!(sci.read().is_err(), "not enabled: no SCI");
+        assert!(!sci.is_raised(), "not enabled: no SCI");
         pm.write(2, &PWRBTN.to_le_bytes());
-        assert_eq!(sci.read().unwrap(), 1, "enabling a pending event raises it");
+        assert!(sci.is_raised(), "enabling a pending event raises it");
         pm.write(0, &PWRBTN.to_le_bytes());
         pm.read(0, &mut st);
         assert_eq!(u16::from_le_bytes(st) & PWRBTN, 0, "write 1 to clear");
+        assert!(!sci.is_raised(), "clearing the status drops the line");
         pm.press_power_button();
-        assert_eq!(sci.read().unwrap(), 1);
+        assert!(sci.is_raised());
+        sci.set(SciSource::Gpe0, true);
+        crate::machine::Reset::reset(&pm);
+        assert!(sci.is_raised(), "a reset of PM1 leaves GPE0's level alone");
     }
 }
