@@ -7,6 +7,10 @@
 //!   front of our daemon, the probe guest running its disk checks on two
 //!   queues; the host checks the image byte for byte.
 //!
+//! - the daemon's backend in this process, read through its own mappings:
+//!   its memory table equals the flat view's guest RAM and holds the bytes
+//!   the guest wrote, across a DIMM hot-add and removal (`memtable`).
+//!
 //! (The frontend library alone, with the test playing the driver, is in
 //! vhost/tests/backends.rs.)
 
@@ -19,6 +23,8 @@ use std::time::{Duration, Instant};
 use vmm::machine::VhostUserBlkConfig;
 
 mod common;
+#[path = "vhost_user/memtable.rs"]
+mod memtable;
 
 struct Killed(Child);
 impl Drop for Killed {

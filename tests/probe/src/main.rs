@@ -15,6 +15,8 @@
 //! `cpus=N` says how many vCPUs to expect. `dimm` waits for a hot-added
 //! DIMM, uses it (CPU and disk DMA), and ejects it when the host asks.
 //! `dirty` writes known pages, paced by the host, for the dirty-log tests.
+//! `memtable` stamps known bytes in low and high RAM for the host to read
+//! through a vhost-user backend's mappings (before `dimm`, when both run).
 
 #![no_std]
 #![no_main]
@@ -29,6 +31,7 @@ mod edu;
 mod entry;
 mod mem;
 mod memloop;
+mod memtable;
 mod pam;
 mod pci;
 mod port;
@@ -71,6 +74,9 @@ extern "C" fn probe_main(boot_params: u64) -> ! {
             cmdline.number("dirtyrate-mb").unwrap_or(32),
             cmdline.number("dirtyrate-secs").unwrap_or(4),
         );
+    }
+    if cmdline.selects("memtable") {
+        memtable::run(&params);
     }
     if cmdline.selects("dimm") {
         dimm::run();
