@@ -22,8 +22,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 export DEBIAN_FRONTEND=noninteractive
 
 missing=""
-for tool in lz4:lz4 cpio:cpio depmod:kmod readelf:binutils dpkg-deb:dpkg fio:fio numactl:numactl; do
+for tool in lz4:lz4 cpio:cpio depmod:kmod readelf:binutils dpkg-deb:dpkg; do
     command -v "${tool%%:*}" >/dev/null || missing="$missing ${tool##*:}"
+done
+# fio and numactl are copied from Debian's packages as installed here.
+for pkg in fio numactl; do
+    dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
     apt-get update -qq
@@ -93,9 +97,9 @@ done
 # fio and numactl, their libraries (as ldd resolves them on the host, at
 # the same paths, so RUNPATHs such as ceph's still resolve) and the loader.
 for b in fio numactl; do
-    cp "$(command -v $b)" "$root/bin/$b"
+    cp "/usr/bin/$b" "$root/bin/$b"
 done
-libs=$(ldd "$(command -v fio)" "$(command -v numactl)" \
+libs=$(ldd /usr/bin/fio /usr/bin/numactl \
     | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $2 ~ /^\(/ {print $1}' | sort -u)
 [ -n "$libs" ] || { echo "guest-kit: ldd found no libraries for fio" >&2; exit 1; }
 for lib in $libs; do
@@ -105,7 +109,7 @@ done
 # An ld.so.cache for the copied directories (the loader also searches the
 # multiarch directories by default).
 printf '%s\n' $(for lib in $libs; do dirname "$lib"; done | sort -u) > $root/etc/ld.so.conf
-ldconfig -r $root
+/sbin/ldconfig -r $root
 # Every library any of them needs must be in the root, or fio would not start.
 for f in $root/bin/fio $root/bin/numactl $(for lib in $libs; do echo "$root$lib"; done); do
     for need in $(readelf -d "$f" | awk '/NEEDED/ {gsub(/[][]/, "", $5); print $5}'); do
