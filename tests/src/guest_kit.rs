@@ -27,6 +27,12 @@ pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-kit/build.sh")
 }
 
+/// The fio job of the kit test `fio` (/etc/kit/verify.fio in the guest),
+/// for the host to verify an image with `--verify_only=1`.
+pub fn fio_job() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-kit/verify.fio")
+}
+
 /// Builds (or finds in the cache) the kit, once per process.
 pub fn assets() -> Result<GuestKit, KitError> {
     static KIT: OnceLock<Result<GuestKit, KitError>> = OnceLock::new();

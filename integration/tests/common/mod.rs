@@ -2,6 +2,8 @@
 //! vhost-user-blk daemon with its log collected, scratch directories.
 #![allow(dead_code)]
 
+pub mod linux_hotplug;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
