@@ -174,3 +174,51 @@ fn switching_to_a_new_vm_replays_the_table_and_the_bound_irqfds() {
     assert_eq!(s.bound, vec![bound], "only the unmasked vector's irqfd");
     assert!(!s.bound.contains(&masked));
 }
+
+#[test]
+fn msi_vectors_share_the_address_and_bind_only_while_enabled_and_unmasked() {
+    use super::msi::{MsiConfig, MsiVectors};
+    use super::MsiMessage;
+    let fake = Fake::default();
+    let router = GsiRouter::new(fake.clone());
+    let msi = MsiVectors::new(router, 4).unwrap();
+    let gsis: Vec<u32> = (0..4).map(|v| msi.gsi(v).unwrap()).collect();
+    assert!(fake.0.lock().unwrap().bound.is_empty(), "nothing live yet");
+
+    let mut c = MsiConfig {
+        enabled: true,
+        vectors: 4,
+        msg: MsiMessage {
+            addr: 0xfee0_1000,
+            data: 0x4043, // low two bits belong to the vector number
+        },
+        mask: 0b0100,
+    };
+    msi.set_config(c);
+    {
+        let s = fake.0.lock().unwrap();
+        let mut bound = s.bound.clone();
+        bound.sort();
+        assert_eq!(bound, [gsis[0], gsis[1], gsis[3]], "vector 2 is masked");
+        for v in [0, 1, 3] {
+            assert!(
+                s.msi.contains(&(gsis[v], 0xfee0_1000, 0x4040 | v as u32)),
+                "{:x?}",
+                s.msi
+            );
+        }
+    }
+    // Two vectors enabled: 2 and 3 go quiet; disabling unbinds all.
+    c.vectors = 2;
+    msi.set_config(c);
+    assert_eq!(fake.0.lock().unwrap().bound.len(), 2);
+    c.enabled = false;
+    msi.set_config(c);
+    assert!(fake.0.lock().unwrap().bound.is_empty());
+    // A vector raised while disabled stays pending until reset drops it.
+    msi.vector_fd(0).unwrap().write(1).unwrap();
+    msi.reset();
+    assert!(msi.vector_fd(0).unwrap().read().is_err(), "reset drops it");
+    drop(msi);
+    assert!(fake.0.lock().unwrap().msi.is_empty(), "routes released");
+}

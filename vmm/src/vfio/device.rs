@@ -1,31 +1,34 @@
 //! A PCI function whose device lives outside the VMM, behind a
-//! [`VfioBackend`] (a vfio-user server now, a kernel VFIO device later).
+//! [`VfioBackend`]: a kernel VFIO device or a vfio-user server.
 //!
 //! The config space is read from the device once and virtualised: the
 //! guest programs our copy, BARs are mapped by `PciFunction` through memory
 //! transactions, the MSI-X capability's control bits drive our
-//! [`MsixTable`], and command register writes are passed on. BAR accesses
-//! are trapped and forwarded, except the MSI-X table and PBA, emulated
-//! here. Each vector's eventfd (the irqfd KVM injects from) is handed to
-//! the device with SET_IRQS, so device interrupts never pass through us.
+//! [`MsixTable`], the MSI capability drives our [`MsiVectors`], and command
+//! register writes are passed on. The parts of a BAR the backend can mmap
+//! become RAM-device regions (KVM maps them into the guest: no exits); the
+//! rest is trapped and forwarded, except the MSI-X table and PBA, emulated
+//! here over everything. While MSI or MSI-X is enabled, each vector's
+//! eventfd (the irqfd KVM injects from) is handed to the device with
+//! SET_IRQS, so device interrupts never pass through us.
 //!
 //! A backend that fails (peer died, garbage, timeout) makes the device
 //! read all ones and drop writes, with one warning; the VMM carries on.
 //!
 //! Lock order: memory transaction, then the backend.
 
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vmm_vfio::backend::{
-    CONFIG_REGION as VFIO_PCI_CONFIG_REGION_INDEX, MSIX_IRQ as VFIO_PCI_MSIX_IRQ_INDEX,
-};
+use vmm_vfio::backend::CONFIG_REGION as VFIO_PCI_CONFIG_REGION_INDEX;
 use vmm_vfio::{BackendError, VfioBackend};
 
-use super::config::{virtual_config, MsixLayout};
-use crate::interrupt::{GsiRouter, MsixConfig, MsixTable, Routing};
-use crate::memory::{Memory, MemoryError, MemoryRegion, RegionOps, Transaction};
+use super::config::{virtual_config, MsiLayout, MsixLayout};
+use super::irqs::IrqHandover;
+use crate::interrupt::{GsiRouter, MsiVectors, MsixConfig, MsixTable, Routing};
+use crate::memory::{
+    Memory, MemoryError, MemoryRegion, RamBlock, RamError, RegionOps, Transaction,
+};
 use crate::pci::config::{COMMAND, SIZE as CONFIG_SIZE};
 use crate::pci::{BarKind, ConfigSpace, PciDevice, PciFunction};
 
@@ -39,14 +42,12 @@ pub enum VfioPciError {
         #[source]
         source: BackendError,
     },
-    #[error("{0}: cannot set up MSI-X")]
-    Msix(String, #[source] crate::interrupt::routes::RouteError),
-    #[error("{name}: cannot hand the MSI-X vector eventfds to the device")]
-    Irqs {
-        name: String,
-        #[source]
-        source: BackendError,
-    },
+    #[error("{0}: cannot set up {1}")]
+    Routes(
+        String,
+        &'static str,
+        #[source] crate::interrupt::routes::RouteError,
+    ),
     #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error(transparent)]
@@ -57,6 +58,13 @@ pub struct VfioPci<R: Routing> {
     name: String,
     backend: Arc<Mutex<dyn VfioBackend>>,
     msix: Option<(Arc<MsixTable<R>>, MsixLayout)>,
+    msi: Option<(Arc<MsiVectors<R>>, MsiLayout)>,
+    /// How many vector eventfds the device holds, per IRQ index.
+    irqs: Mutex<IrqHandover>,
+    /// The RAM-device regions of mmap-able BAR parts.
+    mmaps: Mutex<Vec<MemoryRegion>>,
+    /// BAR accesses that trapped to us and went to the backend.
+    traps: AtomicU64,
     warned: AtomicBool,
 }
 
@@ -83,31 +91,32 @@ impl<R: Routing + 'static> VfioPci<R> {
                     source,
                 })?;
         }
-        let (cfg, layout) = virtual_config(&raw);
-        let msix = match layout {
-            Some(l) => {
-                let t = MsixTable::new(router, l.vectors)
-                    .map_err(|e| VfioPciError::Msix(name.into(), e))?;
-                Some((t, l))
-            }
+        let (cfg, caps) = virtual_config(&raw);
+        let routes = |what| move |e| VfioPciError::Routes(name.into(), what, e);
+        let msix = match caps.msix {
+            Some(l) => Some((
+                MsixTable::new(router.clone(), l.vectors).map_err(routes("MSI-X"))?,
+                l,
+            )),
+            None => None,
+        };
+        let msi = match caps.msi {
+            Some(l) => Some((
+                MsiVectors::new(router, l.vectors).map_err(routes("MSI"))?,
+                l,
+            )),
             None => None,
         };
         let dev = Arc::new(VfioPci {
             name: name.into(),
             backend,
             msix,
+            msi,
+            irqs: Mutex::new(IrqHandover::default()),
+            mmaps: Mutex::new(Vec::new()),
+            traps: AtomicU64::new(0),
             warned: AtomicBool::new(false),
         });
-        if let Some((t, _)) = &dev.msix {
-            let fds: Vec<_> = (0..t.vectors()).filter_map(|v| t.vector_fd(v)).collect();
-            let raw_fds: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
-            dev.lock()
-                .set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, &raw_fds)
-                .map_err(|source| VfioPciError::Irqs {
-                    name: name.into(),
-                    source,
-                })?;
-        }
         let mut f = PciFunction::new(name, cfg, Box::new(Hooks(dev.clone())));
         let tx = memory.begin();
         let mut bars = Vec::new();
@@ -140,7 +149,8 @@ impl<R: Routing + 'static> VfioPci<R> {
     }
 
     /// BAR `index`'s region: accesses forwarded to the device, with the
-    /// MSI-X table and PBA laid over it where the capability puts them.
+    /// parts the backend can mmap laid over as RAM-device regions, and the
+    /// MSI-X table and PBA over everything where the capability puts them.
     fn bar_region(
         self: &Arc<Self>,
         tx: &Transaction<'_>,
@@ -154,27 +164,88 @@ impl<R: Routing + 'static> VfioPci<R> {
             size,
         });
         let forward = MemoryRegion::io(&format!("{}-bar{index}", self.name), bar_size, ops);
-        let Some((t, l)) = self
+        let mmaps = self.mmap_regions(index, size);
+        let msix = self
             .msix
             .as_ref()
-            .filter(|(_, l)| l.table_bar == index || l.pba_bar == index)
-        else {
+            .filter(|(_, l)| l.table_bar == index || l.pba_bar == index);
+        if mmaps.is_empty() && msix.is_none() {
             return Ok(forward);
-        };
-        let bar = MemoryRegion::container(&format!("{}-bar{index}-msix", self.name), bar_size);
+        }
+        let bar = MemoryRegion::container(&format!("{}-bar{index}-parts", self.name), bar_size);
         tx.add_subregion(&bar, 0, &forward)?;
+        for (offset, r) in &mmaps {
+            tx.add_subregion_overlap(&bar, *offset, r, 1)?;
+        }
+        self.mmaps_lock().extend(mmaps.into_iter().map(|(_, r)| r));
+        let Some((t, l)) = msix else {
+            return Ok(bar);
+        };
         let (table_ops, pba_ops) = t.regions();
         let (table_size, pba_size) = t.sizes();
         if l.table_bar == index {
             let table =
                 MemoryRegion::io(&format!("{}-msix-table", self.name), table_size, table_ops);
-            tx.add_subregion_overlap(&bar, l.table_offset, &table, 1)?;
+            tx.add_subregion_overlap(&bar, l.table_offset, &table, 2)?;
         }
         if l.pba_bar == index {
             let pba = MemoryRegion::io(&format!("{}-msix-pba", self.name), pba_size, pba_ops);
-            tx.add_subregion_overlap(&bar, l.pba_offset, &pba, 1)?;
+            tx.add_subregion_overlap(&bar, l.pba_offset, &pba, 2)?;
         }
         Ok(bar)
+    }
+
+    /// RAM-device regions for the mmap-able areas of BAR `index`, with
+    /// their offsets; an area that cannot be mapped stays trapped.
+    fn mmap_regions(&self, index: usize, size: u64) -> Vec<(u64, MemoryRegion)> {
+        let Some(m) = self.lock().region_mmap(index as u32) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, &(offset, len)) in m.areas.iter().enumerate() {
+            if !offset.checked_add(len).is_some_and(|end| end <= size) {
+                continue;
+            }
+            let name = format!("{}-bar{index}-mmap{i}", self.name);
+            let block = m
+                .file
+                .try_clone()
+                .map_err(|source| RamError::Mmap {
+                    name: name.clone(),
+                    size: len,
+                    source,
+                })
+                .and_then(|f| RamBlock::map_device(&name, f, m.offset + offset, len));
+            match block {
+                Ok(b) => out.push((offset, MemoryRegion::ram_device(&name, Arc::new(b)))),
+                Err(e) => log::warn!("{name}: left to traps: {e}"),
+            }
+        }
+        out
+    }
+
+    fn mmaps_lock(&self) -> MutexGuard<'_, Vec<MemoryRegion>> {
+        self.mmaps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Turns the BARs' RAM-device parts on or off (off: every access
+    /// traps, as QEMU's `x-no-mmap`), in one transaction of `memory`.
+    pub fn set_mmap_enabled(&self, memory: &Memory, enabled: bool) -> Result<(), MemoryError> {
+        let tx = memory.begin();
+        for r in self.mmaps_lock().iter() {
+            tx.set_enabled(r, enabled);
+        }
+        tx.commit()
+    }
+
+    /// The RAM-device regions of the BARs' mmap-able parts.
+    pub fn mmap_regions_in_use(&self) -> Vec<MemoryRegion> {
+        self.mmaps_lock().clone()
+    }
+
+    /// BAR accesses that trapped and were forwarded to the device.
+    pub fn trapped_accesses(&self) -> u64 {
+        self.traps.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, dyn VfioBackend + 'static> {
@@ -189,6 +260,10 @@ impl<R: Routing + 'static> VfioPci<R> {
         self.msix.as_ref().map(|(t, _)| t)
     }
 
+    pub fn msi(&self) -> Option<&Arc<MsiVectors<R>>> {
+        self.msi.as_ref().map(|(v, _)| v)
+    }
+
     /// Whether the device has failed (and said so once in the log).
     pub fn failed(&self) -> bool {
         self.warned.load(Ordering::Relaxed)
@@ -201,12 +276,42 @@ impl<R: Routing + 'static> VfioPci<R> {
         }
     }
 
+    fn irqs_lock(&self) -> MutexGuard<'_, IrqHandover> {
+        self.irqs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn reset(&self) {
         if let Some((t, _)) = &self.msix {
             t.reset();
         }
-        if let Err(e) = self.lock().reset() {
+        if let Some((v, _)) = &self.msi {
+            v.reset();
+        }
+        let mut b = self.lock();
+        let res = self
+            .irqs_lock()
+            .release_all(&mut *b)
+            .and_then(|()| b.reset());
+        drop(b);
+        if let Err(e) = res {
             self.failure("device reset", &e);
+        }
+    }
+}
+
+impl<R: Routing + 'static> VfioPci<R> {
+    /// Gives the device exactly `fds` as the triggers of IRQ index `index`.
+    fn hand_over(&self, index: u32, fds: &[Arc<vmm_sys_util::eventfd::EventFd>]) {
+        if self.failed() {
+            return;
+        }
+        let res = {
+            let mut b = self.backend.lock().unwrap_or_else(|e| e.into_inner());
+            let mut h = self.irqs.lock().unwrap_or_else(|e| e.into_inner());
+            h.set(&mut *b, index, fds)
+        };
+        if let Err(e) = res {
+            self.failure(&format!("SET_IRQS of IRQ index {index}"), &e);
         }
     }
 }
@@ -224,6 +329,7 @@ impl<R: Routing + 'static> RegionOps for BarOps<R> {
         if self.dev.failed() || offset + data.len() as u64 > self.size {
             return;
         }
+        self.dev.traps.fetch_add(1, Ordering::Relaxed);
         let res = self.dev.lock().region_read(self.index, offset, data);
         if let Err(e) = res {
             data.fill(0xff);
@@ -236,6 +342,7 @@ impl<R: Routing + 'static> RegionOps for BarOps<R> {
         if self.dev.failed() || offset + data.len() as u64 > self.size {
             return;
         }
+        self.dev.traps.fetch_add(1, Ordering::Relaxed);
         let res = self.dev.lock().region_write(self.index, offset, data);
         if let Err(e) = res {
             self.dev
@@ -244,8 +351,9 @@ impl<R: Routing + 'static> RegionOps for BarOps<R> {
     }
 }
 
-/// Config-space hooks: MSI-X control bits, the command register passed on
-/// to the device, machine reset.
+/// Config-space hooks: MSI-X control bits and the MSI capability (each
+/// with its eventfds handed to or taken from the device), the command
+/// register passed on to the device, machine reset.
 struct Hooks<R: Routing>(Arc<VfioPci<R>>);
 
 impl<R: Routing + 'static> PciDevice for Hooks<R> {
@@ -254,10 +362,28 @@ impl<R: Routing + 'static> PciDevice for Hooks<R> {
         if let Some((t, l)) = &self.0.msix {
             if touches(l.cap + 2, l.cap + 4) {
                 let v = cfg.u16(l.cap + 2);
-                t.set_config(MsixConfig {
+                let c = MsixConfig {
                     enabled: v & 0x8000 != 0,
                     function_mask: v & 0x4000 != 0,
-                });
+                };
+                t.set_config(c);
+                let fds: Vec<_> = (0..t.vectors()).filter_map(|v| t.vector_fd(v)).collect();
+                let want = if c.enabled { fds.len() } else { 0 };
+                self.0.hand_over(IrqHandover::MSIX, &fds[..want]);
+            }
+        }
+        if let Some((v, l)) = &self.0.msi {
+            if l.touched(off, len) {
+                let c = l.read(cfg);
+                v.set_config(c);
+                let c = v.config();
+                let fds: Vec<_> = (0..v.count()).filter_map(|i| v.vector_fd(i)).collect();
+                let want = if c.enabled {
+                    usize::from(c.vectors).min(fds.len())
+                } else {
+                    0
+                };
+                self.0.hand_over(IrqHandover::MSI, &fds[..want]);
             }
         }
         if touches(COMMAND, COMMAND + 2) && !self.0.failed() {
