@@ -24,8 +24,10 @@ pub const MODEL_TRAP: &str =
     "with the mmap switched off BAR0 traps: the id register and the liveness register work through the forwarded path";
 pub const MODEL_MSI: &str =
     "an edu interrupt arrives on the eventfd of the model's MSI vector, whose GSI route carries the guest's address and data";
+pub const MODEL_INTX: &str =
+    "with MSI off the model's INTx arrives on its trigger eventfd, stays masked until the resample eventfd is written, then arrives again";
 /// The model's checks, in order.
-pub const MODEL_CHECKS: [&str; 4] = [MODEL_IDS, MODEL_MMAP, MODEL_TRAP, MODEL_MSI];
+pub const MODEL_CHECKS: [&str; 5] = [MODEL_IDS, MODEL_MMAP, MODEL_TRAP, MODEL_MSI, MODEL_INTX];
 
 pub const BUDGET: &str =
     "a transaction needing more DMA mappings than the kernel's dma_entry_limit fails with ENOSPC named as the budget and rolls back";
@@ -33,7 +35,7 @@ pub const BUDGET: &str =
 pub const DMA_ENTRY_LIMIT: u32 = 16;
 
 /// Every check, in the order the program runs them.
-pub const CHECKS: [&str; 13] = [
+pub const CHECKS: [&str; 14] = [
     ID_REGION_READ,
     ID_MMAP,
     ROUND_TRIP,
@@ -46,6 +48,7 @@ pub const CHECKS: [&str; 13] = [
     MODEL_MMAP,
     MODEL_TRAP,
     MODEL_MSI,
+    MODEL_INTX,
     BUDGET,
 ];
 

@@ -15,6 +15,8 @@ struct Seen {
     msi: Vec<(u32, u64, u32)>,
     irqchip_routes: usize,
     bound: Vec<u32>,
+    /// GSIs with a level-triggered line and resample.
+    lines: Vec<u32>,
 }
 
 #[derive(Clone, Default)]
@@ -47,6 +49,21 @@ impl Routing for Fake {
             s.bound.push(gsi);
         } else {
             s.bound.retain(|g| *g != gsi);
+        }
+        Ok(())
+    }
+    fn irqfd_resample(
+        &mut self,
+        _fd: &EventFd,
+        _resample: &EventFd,
+        gsi: u32,
+        assign: bool,
+    ) -> io::Result<()> {
+        let mut s = self.0.lock().unwrap();
+        if assign {
+            s.lines.push(gsi);
+        } else {
+            s.lines.retain(|g| *g != gsi);
         }
         Ok(())
     }
@@ -221,4 +238,23 @@ fn msi_vectors_share_the_address_and_bind_only_while_enabled_and_unmasked() {
     assert!(msi.vector_fd(0).unwrap().read().is_err(), "reset drops it");
     drop(msi);
     assert!(fake.0.lock().unwrap().msi.is_empty(), "routes released");
+}
+
+#[test]
+fn level_lines_bind_with_resample_follow_a_new_vm_and_refuse_msi_gsis() {
+    let fake = Fake::default();
+    let router = GsiRouter::new(fake.clone());
+    let fd = || Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    router.bind_line(10, fd(), fd()).unwrap();
+    assert!(
+        router.bind_line(10, fd(), fd()).is_err(),
+        "one line per pin"
+    );
+    assert!(router.bind_line(FIRST_MSI_GSI, fd(), fd()).is_err());
+    assert_eq!(fake.0.lock().unwrap().lines, [10]);
+    let next = Fake::default();
+    router.switch(next.clone()).unwrap();
+    assert_eq!(next.0.lock().unwrap().lines, [10], "rebound on the new VM");
+    router.unbind_line(10);
+    assert!(next.0.lock().unwrap().lines.is_empty());
 }

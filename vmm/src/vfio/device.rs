@@ -20,7 +20,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vmm_vfio::backend::CONFIG_REGION as VFIO_PCI_CONFIG_REGION_INDEX;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_vfio::backend::{
+    CONFIG_REGION as VFIO_PCI_CONFIG_REGION_INDEX, INTX_IRQ as VFIO_PCI_INTX_IRQ_INDEX,
+};
 use vmm_vfio::{BackendError, VfioBackend};
 
 use super::config::{virtual_config, MsiLayout, MsixLayout};
@@ -29,7 +32,7 @@ use crate::interrupt::{GsiRouter, MsiVectors, MsixConfig, MsixTable, Routing};
 use crate::memory::{
     Memory, MemoryError, MemoryRegion, RamBlock, RamError, RegionOps, Transaction,
 };
-use crate::pci::config::{COMMAND, SIZE as CONFIG_SIZE};
+use crate::pci::config::{COMMAND, INTERRUPT_LINE, SIZE as CONFIG_SIZE};
 use crate::pci::{BarKind, ConfigSpace, PciDevice, PciFunction};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,10 +51,19 @@ pub enum VfioPciError {
         &'static str,
         #[source] crate::interrupt::routes::RouteError,
     ),
+    #[error("{0}: cannot wire INTx: {1}")]
+    Intx(String, String),
     #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Pci(#[from] crate::pci::PciError),
+}
+
+/// INTx's IOAPIC pin, trigger and resample eventfds.
+struct IntxLine {
+    gsi: u32,
+    trigger: Arc<EventFd>,
+    resample: Arc<EventFd>,
 }
 
 pub struct VfioPci<R: Routing> {
@@ -59,8 +71,11 @@ pub struct VfioPci<R: Routing> {
     backend: Arc<Mutex<dyn VfioBackend>>,
     msix: Option<(Arc<MsixTable<R>>, MsixLayout)>,
     msi: Option<(Arc<MsiVectors<R>>, MsiLayout)>,
-    /// How many vector eventfds the device holds, per IRQ index.
+    /// Which interrupt eventfds the device holds.
     irqs: Mutex<IrqHandover>,
+    /// INTx, once wired.
+    intx: Mutex<Option<IntxLine>>,
+    router: GsiRouter<R>,
     /// The RAM-device regions of mmap-able BAR parts.
     mmaps: Mutex<Vec<MemoryRegion>>,
     /// BAR accesses that trapped to us and went to the backend.
@@ -102,7 +117,7 @@ impl<R: Routing + 'static> VfioPci<R> {
         };
         let msi = match caps.msi {
             Some(l) => Some((
-                MsiVectors::new(router, l.vectors).map_err(routes("MSI"))?,
+                MsiVectors::new(router.clone(), l.vectors).map_err(routes("MSI"))?,
                 l,
             )),
             None => None,
@@ -113,6 +128,8 @@ impl<R: Routing + 'static> VfioPci<R> {
             msix,
             msi,
             irqs: Mutex::new(IrqHandover::default()),
+            intx: Mutex::new(None),
+            router,
             mmaps: Mutex::new(Vec::new()),
             traps: AtomicU64::new(0),
             warned: AtomicBool::new(false),
@@ -276,6 +293,57 @@ impl<R: Routing + 'static> VfioPci<R> {
         }
     }
 
+    /// Wires the device's INTx to IOAPIC pin `gsi` as a level-triggered
+    /// irqfd whose resample eventfd (written by KVM on EOI) unmasks INTx
+    /// in the kernel, and shows the pin and line in `f`'s config space.
+    /// INTx is on while neither MSI nor MSI-X is enabled.
+    pub fn wire_intx(&self, f: &mut PciFunction, gsi: u8) -> Result<(), VfioPciError> {
+        let intx_err = |what: String| VfioPciError::Intx(self.name.clone(), what);
+        let pin = {
+            let mut b = self.lock();
+            if b.irq_count(VFIO_PCI_INTX_IRQ_INDEX) == 0 {
+                return Err(intx_err("the device has no INTx".into()));
+            }
+            let mut pin = [0u8];
+            b.region_read(VFIO_PCI_CONFIG_REGION_INDEX, INTERRUPT_PIN as u64, &mut pin)
+                .map_err(|e| intx_err(format!("reading the interrupt pin: {e}")))?;
+            pin[0]
+        };
+        if !(1..=4).contains(&pin) {
+            return Err(intx_err(format!("interrupt pin {pin}")));
+        }
+        let new_fd = || {
+            EventFd::new(libc::EFD_NONBLOCK)
+                .map(Arc::new)
+                .map_err(|e| intx_err(format!("eventfd: {e}")))
+        };
+        let (trigger, resample) = (new_fd()?, new_fd()?);
+        self.router
+            .bind_line(u32::from(gsi), trigger.clone(), resample.clone())
+            .map_err(|e| intx_err(e.to_string()))?;
+        let res = {
+            let mut b = self.lock();
+            self.irqs_lock().wire_intx(&mut *b, &trigger, &resample)
+        };
+        if let Err(e) = res {
+            self.router.unbind_line(u32::from(gsi));
+            return Err(intx_err(format!("SET_IRQS: {e}")));
+        }
+        f.set_interrupt(pin, gsi);
+        *self.intx.lock().unwrap_or_else(|e| e.into_inner()) = Some(IntxLine {
+            gsi: u32::from(gsi),
+            trigger,
+            resample,
+        });
+        Ok(())
+    }
+
+    /// INTx's (trigger, resample) eventfds, once wired.
+    pub fn intx(&self) -> Option<(Arc<EventFd>, Arc<EventFd>)> {
+        let g = self.intx.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().map(|l| (l.trigger.clone(), l.resample.clone()))
+    }
+
     fn irqs_lock(&self) -> MutexGuard<'_, IrqHandover> {
         self.irqs.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -288,10 +356,12 @@ impl<R: Routing + 'static> VfioPci<R> {
             v.reset();
         }
         let mut b = self.lock();
-        let res = self
-            .irqs_lock()
+        let mut irqs = self.irqs_lock();
+        let res = irqs
             .release_all(&mut *b)
-            .and_then(|()| b.reset());
+            .and_then(|()| b.reset())
+            .and_then(|()| irqs.sync_intx(&mut *b));
+        drop(irqs);
         drop(b);
         if let Err(e) = res {
             self.failure("device reset", &e);
@@ -301,7 +371,7 @@ impl<R: Routing + 'static> VfioPci<R> {
 
 impl<R: Routing + 'static> VfioPci<R> {
     /// Gives the device exactly `fds` as the triggers of IRQ index `index`.
-    fn hand_over(&self, index: u32, fds: &[Arc<vmm_sys_util::eventfd::EventFd>]) {
+    fn hand_over(&self, index: u32, fds: &[Arc<EventFd>]) {
         if self.failed() {
             return;
         }
@@ -322,6 +392,17 @@ struct BarOps<R: Routing> {
     index: u32,
     size: u64,
 }
+
+impl<R: Routing> Drop for VfioPci<R> {
+    fn drop(&mut self) {
+        let intx = self.intx.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = intx.take() {
+            self.router.unbind_line(l.gsi);
+        }
+    }
+}
+
+const INTERRUPT_PIN: usize = INTERRUPT_LINE + 1;
 
 impl<R: Routing + 'static> RegionOps for BarOps<R> {
     fn read(&self, offset: u64, data: &mut [u8]) {

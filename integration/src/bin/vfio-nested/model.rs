@@ -2,7 +2,7 @@
 //! device: config space virtualised, BAR0 as a RAM-device region of its
 //! mmap (no trap) and, with the mmap switched off, trapped and forwarded;
 //! an MSI through the model's MSI capability, its GSI route and the
-//! vector eventfd it handed to the kernel. The interrupt routing has no VM
+//! vector eventfd it handed to the kernel; INTx with its resample eventfd. The interrupt routing has no VM
 //! (`KvmRouting::detached()`): the route is programmed and the eventfd is
 //! the one KVM would inject from.
 
@@ -29,6 +29,9 @@ const MSI_ADDR: u32 = 0xfee0_0000;
 const MSI_DATA: u16 = 0x0041;
 const CMD_MEMORY_AND_MASTER: u16 = 0x6;
 const EDU_RAISE: u64 = 0x60;
+/// The IOAPIC pin the model's INTx is wired to.
+const INTX_GSI: u8 = 10;
+const EDU_ACK: u64 = 0x64;
 /// `KVM_IRQ_ROUTING_MSI` (linux/kvm.h).
 const KVM_IRQ_ROUTING_MSI: u32 = 2;
 
@@ -82,8 +85,10 @@ fn build(rig: &Rig) -> Result<Model, String> {
         .map_err(|e| format!("kernel backend: {}", chain(&e)))?;
     let backend: Arc<Mutex<dyn VfioBackend>> = Arc::new(Mutex::new(backend));
     let router = GsiRouter::new(KvmRouting::detached());
-    let (dev, f) = VfioPci::new("edu", backend, router.clone(), &rig.memory)
+    let (dev, mut f) = VfioPci::new("edu", backend, router.clone(), &rig.memory)
         .map_err(|e| format!("the vfio-pci model: {}", chain(&e)))?;
+    dev.wire_intx(&mut f, INTX_GSI)
+        .map_err(|e| format!("INTx: {}", chain(&e)))?;
     Ok(Model {
         dev,
         f,
@@ -270,6 +275,50 @@ fn msi(m: &mut Model, rig: &Rig) -> Result<(), String> {
     Ok(())
 }
 
+fn edu_ack(rig: &Rig) {
+    let (status, _) = read_space(rig, BAR0_GPA + edu::IRQ_STATUS);
+    rig.space.write(BAR0_GPA + EDU_ACK, &status.to_le_bytes());
+}
+
+/// INTx (on again now that MSI is off): the first interrupt arrives on the
+/// trigger eventfd and the kernel masks the line; a second one, raised
+/// after an ack, waits until the resample eventfd (KVM's, on the guest's
+/// EOI; here written by hand, as there is no VM) unmasks it.
+fn intx(m: &Model, rig: &Rig) -> Result<(), String> {
+    let (trigger, resample) = m.dev.intx().ok_or("INTx is not wired")?;
+    let pin_line = m.cfg32(0x3c) & 0xffff;
+    if pin_line != 0x0100 | u32::from(INTX_GSI) {
+        return Err(format!("interrupt pin/line {pin_line:#06x}"));
+    }
+    let _ = trigger.read();
+    rig.space.write(BAR0_GPA + EDU_RAISE, &1u32.to_le_bytes());
+    if !wait_readable(&trigger, 3000) {
+        edu_ack(rig);
+        return Err("the first INTx did not arrive within 3 s".into());
+    }
+    let _ = trigger.read();
+    edu_ack(rig);
+    rig.space.write(BAR0_GPA + EDU_RAISE, &1u32.to_le_bytes());
+    let early = wait_readable(&trigger, 500);
+    resample
+        .write(1)
+        .map_err(|e| format!("writing the resample eventfd: {e}"))?;
+    let after = wait_readable(&trigger, 3000);
+    edu_ack(rig);
+    let _ = trigger.read();
+    let _ = resample.write(1);
+    if early {
+        return Err("the second INTx arrived before the resample (the line was not masked)".into());
+    }
+    if !after {
+        return Err("the second INTx did not arrive within 3 s of the resample".into());
+    }
+    println!(
+        "model: INTx on GSI {INTX_GSI}: masked after the first, delivered again after the resample"
+    );
+    Ok(())
+}
+
 fn report(name: &str, r: Result<(), String>) -> u32 {
     match r {
         Ok(()) => {
@@ -304,7 +353,13 @@ pub fn run(rig: &Rig) -> u32 {
     };
     failed += report(MODEL_MMAP, mmap);
     failed += report(MODEL_TRAP, trap);
-    failed += report(MODEL_MSI, mapped.and_then(|()| msi(&mut m, rig)));
+    let msi_done = mapped.and_then(|()| msi(&mut m, rig));
+    let intx_res = match &msi_done {
+        Ok(()) => intx(&m, rig),
+        Err(_) => Err("skipped: MSI failed".into()),
+    };
+    failed += report(MODEL_MSI, msi_done);
+    failed += report(MODEL_INTX, intx_res);
     // Unmap BAR0 (command register) so the view lets go of the mapping.
     if let Err(e) = m.cfg_write(rig, 0x04, &0u16.to_le_bytes()) {
         println!("# model: unmapping BAR0: {e}");
