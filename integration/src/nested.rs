@@ -26,8 +26,17 @@ pub const MODEL_MSI: &str =
     "an edu interrupt arrives on the eventfd of the model's MSI vector, whose GSI route carries the guest's address and data";
 pub const MODEL_INTX: &str =
     "with MSI off the model's INTx arrives on its trigger eventfd, stays masked until the resample eventfd is written, then arrives again";
+pub const MODEL_RESET: &str =
+    "after a machine reset the model is at power-on (BAR0 unmapped, MSI off) and the device answers through BAR0 again";
 /// The model's checks, in order.
-pub const MODEL_CHECKS: [&str; 5] = [MODEL_IDS, MODEL_MMAP, MODEL_TRAP, MODEL_MSI, MODEL_INTX];
+pub const MODEL_CHECKS: [&str; 6] = [
+    MODEL_IDS,
+    MODEL_MMAP,
+    MODEL_TRAP,
+    MODEL_MSI,
+    MODEL_INTX,
+    MODEL_RESET,
+];
 
 pub const BUDGET: &str =
     "a transaction needing more DMA mappings than the kernel's dma_entry_limit fails with ENOSPC named as the budget and rolls back";
@@ -35,7 +44,7 @@ pub const BUDGET: &str =
 pub const DMA_ENTRY_LIMIT: u32 = 16;
 
 /// Every check, in the order the program runs them.
-pub const CHECKS: [&str; 14] = [
+pub const CHECKS: [&str; 15] = [
     ID_REGION_READ,
     ID_MMAP,
     ROUND_TRIP,
@@ -49,6 +58,7 @@ pub const CHECKS: [&str; 14] = [
     MODEL_TRAP,
     MODEL_MSI,
     MODEL_INTX,
+    MODEL_RESET,
     BUDGET,
 ];
 

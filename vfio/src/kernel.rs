@@ -167,6 +167,12 @@ impl KernelDevice {
         &self.name
     }
 
+    /// Whether the kernel can reset the device (VFIO_DEVICE_FLAGS_RESET);
+    /// without it a reset is a no-op here.
+    pub fn can_reset(&self) -> bool {
+        self.flags & VFIO_DEVICE_FLAGS_RESET != 0
+    }
+
     /// The vfio-ioctls device, for what this backend does not cover.
     pub fn device(&self) -> &VfioDevice {
         &self.dev
@@ -285,7 +291,7 @@ impl VfioBackend for KernelDevice {
     }
 
     fn reset(&mut self) -> Result<(), BackendError> {
-        if self.flags & VFIO_DEVICE_FLAGS_RESET == 0 {
+        if !self.can_reset() {
             log::debug!(
                 "{}: no device reset (VFIO_DEVICE_FLAGS_RESET clear)",
                 self.name

@@ -59,6 +59,10 @@ pub enum VfioPciError {
     Pci(#[from] crate::pci::PciError),
 }
 
+/// The largest BAR believed from a backend (its size is rounded up to a
+/// power of two).
+const MAX_BAR: u64 = 1 << 48;
+
 /// INTx's IOAPIC pin, trigger and resample eventfds.
 struct IntxLine {
     gsi: u32,
@@ -152,8 +156,10 @@ impl<R: Routing + 'static> VfioPci<R> {
                 BarKind::Mem32
             };
             let size = dev.lock().region(index as u32).map_or(0, |r| r.size);
-            if size > 0 {
-                let region = dev.bar_region(&tx, index, size)?;
+            if size > MAX_BAR {
+                log::warn!("{name}: BAR{index} of {size:#x} bytes left out (too large)");
+            } else if size > 0 {
+                let region = dev.bar_region(&tx, index, size, kind != BarKind::Io)?;
                 bars.push((index, kind, low & 8 != 0, region));
             }
             index += if kind == BarKind::Mem64 { 2 } else { 1 };
@@ -173,6 +179,7 @@ impl<R: Routing + 'static> VfioPci<R> {
         tx: &Transaction<'_>,
         index: usize,
         size: u64,
+        memory_bar: bool,
     ) -> Result<MemoryRegion, MemoryError> {
         let bar_size = size.next_power_of_two().max(16);
         let ops = Arc::new(BarOps {
@@ -181,7 +188,11 @@ impl<R: Routing + 'static> VfioPci<R> {
             size,
         });
         let forward = MemoryRegion::io(&format!("{}-bar{index}", self.name), bar_size, ops);
-        let mmaps = self.mmap_regions(index, size);
+        let mmaps = if memory_bar {
+            self.mmap_regions(index, size)
+        } else {
+            Vec::new()
+        };
         let msix = self
             .msix
             .as_ref()
@@ -232,7 +243,7 @@ impl<R: Routing + 'static> VfioPci<R> {
                     size: len,
                     source,
                 })
-                .and_then(|f| RamBlock::map_device(&name, f, m.offset + offset, len));
+                .and_then(|f| RamBlock::map_device(&name, f, m.offset.saturating_add(offset), len));
             match block {
                 Ok(b) => out.push((offset, MemoryRegion::ram_device(&name, Arc::new(b)))),
                 Err(e) => log::warn!("{name}: left to traps: {e}"),
@@ -253,11 +264,6 @@ impl<R: Routing + 'static> VfioPci<R> {
             tx.set_enabled(r, enabled);
         }
         tx.commit()
-    }
-
-    /// The RAM-device regions of the BARs' mmap-able parts.
-    pub fn mmap_regions_in_use(&self) -> Vec<MemoryRegion> {
-        self.mmaps_lock().clone()
     }
 
     /// BAR accesses that trapped and were forwarded to the device.

@@ -83,6 +83,15 @@ impl Model {
 fn build(rig: &Rig) -> Result<Model, String> {
     let backend = KernelDevice::open(&rig.sysfs, rig.container.clone())
         .map_err(|e| format!("kernel backend: {}", chain(&e)))?;
+    println!(
+        "model: kernel backend on {}, device reset {}",
+        backend.name(),
+        if backend.can_reset() {
+            "supported"
+        } else {
+            "not offered by the kernel (no VFIO_DEVICE_FLAGS_RESET)"
+        }
+    );
     let backend: Arc<Mutex<dyn VfioBackend>> = Arc::new(Mutex::new(backend));
     let router = GsiRouter::new(KvmRouting::detached());
     let (dev, mut f) = VfioPci::new("edu", backend, router.clone(), &rig.memory)
@@ -319,6 +328,36 @@ fn intx(m: &Model, rig: &Rig) -> Result<(), String> {
     Ok(())
 }
 
+/// A machine reset: the function goes back to its power-on config (BAR0
+/// unmapped, MSI off), the device is reset (if the kernel can) with its
+/// interrupts taken back first; programmed again, BAR0 answers.
+fn reset(m: &mut Model, rig: &Rig) -> Result<(), String> {
+    let tx = rig.memory.begin();
+    let win = Windows {
+        mem: &rig.root,
+        io: &m.io,
+    };
+    m.f.reset(&tx, &win).map_err(|e| format!("reset: {e}"))?;
+    tx.commit()
+        .map_err(|e| format!("committing the reset: {e}"))?;
+    if m.dev.failed() {
+        return Err("the device failed its reset".into());
+    }
+    if rig.space.lookup(BAR0_GPA).is_some() || m.cfg32(0x10) != 0 {
+        return Err(format!("BAR0 still programmed ({:#x})", m.cfg32(0x10)));
+    }
+    let cap = m.capability(0x05).ok_or("no MSI capability after reset")?;
+    if (m.cfg32(cap) >> 16) & 1 != 0 || m.cfg32(0x3c) & 0xff00 != 0x0100 {
+        return Err("MSI enabled or the interrupt pin lost after reset".into());
+    }
+    map_bar0(m, rig)?;
+    let (id, access) = read_space(rig, BAR0_GPA);
+    if id != EDU_ID || access != Access::Ram {
+        return Err(format!("after reset BAR0 reads {id:#010x} ({access:?})"));
+    }
+    Ok(())
+}
+
 fn report(name: &str, r: Result<(), String>) -> u32 {
     match r {
         Ok(()) => {
@@ -360,6 +399,7 @@ pub fn run(rig: &Rig) -> u32 {
     };
     failed += report(MODEL_MSI, msi_done);
     failed += report(MODEL_INTX, intx_res);
+    failed += report(MODEL_RESET, reset(&mut m, rig));
     // Unmap BAR0 (command register) so the view lets go of the mapping.
     if let Err(e) = m.cfg_write(rig, 0x04, &0u16.to_le_bytes()) {
         println!("# model: unmapping BAR0: {e}");
