@@ -9,6 +9,8 @@ mod irqs;
 pub mod listener;
 
 #[cfg(test)]
+mod device_tests;
+#[cfg(test)]
 mod listener_tests;
 
 pub use device::{VfioPci, VfioPciError};
