@@ -250,7 +250,10 @@ mod nested;
 /// The real kernel mapper under a real (emulated) IOMMU: inside QEMU
 /// (q35, intel-iommu, edu bound to vfio-pci) `vfio-nested` maps guest RAM
 /// through the memory model's `vfio` listener and the container mapper and
-/// proves each mapping, removal and refusal with edu's DMA engine.
+/// proves each mapping, removal and refusal with edu's DMA engine; runs the
+/// vfio-pci device model over the kernel backend on edu (config space, BAR0
+/// as a RAM device and trapped, MSI, INTx with resample, reset); and runs
+/// into the kernel's mapping budget (dma_entry_limit lowered to 16).
 #[test]
 fn kernel_vfio_through_a_real_iommu_in_a_nested_guest() {
     use integration::nested::{CHECKS, DONE};
