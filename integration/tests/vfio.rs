@@ -212,12 +212,48 @@ fn ram_added_and_removed_later_is_mapped_and_unmapped_for_the_device() {
     assert_eq!(server.dma_dump(), before);
 }
 
+#[test]
+fn bad_kernel_vfio_device_options_end_the_vmm_with_an_error_naming_them() {
+    let vmm = testkit::process::vmm_binary();
+    let run = |spec: &str| {
+        let o = std::process::Command::new(&vmm)
+            .args(["--device", spec])
+            .output()
+            .expect("vmm runs");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("vfio,host=0000:01:00");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--device: vfio: host=\"0000:01:00\" is not a PCI address"),
+        "{err}"
+    );
+    let (code, err) = run("vfio,sysfsdev=0000:01:00.0");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("sysfsdev=\"0000:01:00.0\""), "{err}");
+    // Well formed but not a device bound to vfio-pci here: the machine
+    // refuses it before opening any VFIO file.
+    let (code, err) = run("vfio,host=0000:00:1f.7");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--device vfio,host=0000:00:1f.7")
+            && err.contains("is not a device bound to vfio-pci"),
+        "{err}"
+    );
+}
+
 mod nested;
 
 /// The real kernel mapper under a real (emulated) IOMMU: inside QEMU
 /// (q35, intel-iommu, edu bound to vfio-pci) `vfio-nested` maps guest RAM
 /// through the memory model's `vfio` listener and the container mapper and
-/// proves each mapping, removal and refusal with edu's DMA engine.
+/// proves each mapping, removal and refusal with edu's DMA engine; runs the
+/// vfio-pci device model over the kernel backend on edu (config space, BAR0
+/// as a RAM device and trapped, MSI, INTx with resample, reset); and runs
+/// into the kernel's mapping budget (dma_entry_limit lowered to 16).
 #[test]
 fn kernel_vfio_through_a_real_iommu_in_a_nested_guest() {
     use integration::nested::{CHECKS, DONE};

@@ -51,10 +51,20 @@ impl DmaMapper for ContainerMapper {
         let ret =
             unsafe { ioctl_with_ref(&self.container.as_raw_fd(), VFIO_IOMMU_MAP_DMA(), &arg) };
         if ret != 0 {
+            let source = std::io::Error::last_os_error();
+            if source.raw_os_error() == Some(libc::ENOSPC) {
+                // type1 answers ENOSPC only when the container has no
+                // mapping left of its budget (dma_entry_limit).
+                return Err(DmaError::BudgetExhausted {
+                    iova: req.iova,
+                    size: req.size,
+                    limit: crate::dma::DmaRules::kernel_limit(),
+                });
+            }
             return Err(DmaError::Map {
                 iova: req.iova,
                 size: req.size,
-                source: std::io::Error::last_os_error(),
+                source,
             });
         }
         log::debug!(

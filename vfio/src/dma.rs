@@ -22,6 +22,14 @@ pub struct DmaRequest {
 pub enum DmaError {
     #[error("mapping {iova:#x}+{size:#x} would exceed the kernel's DMA mapping budget of {limit} (vfio_iommu_type1 dma_entry_limit)")]
     Budget { iova: u64, size: u64, limit: u32 },
+    #[error("the kernel refused to map {iova:#x}+{size:#x}: the container's DMA mapping budget{} is used up (ENOSPC from vfio_iommu_type1; its dma_entry_limit counts mappings)", limit_text(*.limit))]
+    BudgetExhausted {
+        iova: u64,
+        size: u64,
+        /// The module parameter when the error was seen (the container's
+        /// budget was fixed when it was opened).
+        limit: Option<u32>,
+    },
     #[error("the IOMMU refused to map {iova:#x}+{size:#x}")]
     Map {
         iova: u64,
@@ -36,6 +44,10 @@ pub enum DmaError {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn limit_text(limit: Option<u32>) -> String {
+    limit.map_or_else(String::new, |l| format!(" of {l} mappings"))
 }
 
 /// Maps and unmaps guest memory for device DMA.

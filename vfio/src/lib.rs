@@ -5,11 +5,15 @@
 pub mod backend;
 pub mod container;
 pub mod dma;
+pub mod kernel;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod recorder;
 pub mod user;
 
-pub use backend::{BackendError, RegionInfo, VfioBackend};
+pub use backend::{BackendError, RegionInfo, RegionMmap, VfioBackend};
 pub use container::ContainerMapper;
 pub use dma::{DmaError, DmaMapper, DmaRequest, DmaRules};
+pub use kernel::{KernelDevice, KernelError};
 pub use user::{UserClient, UserDma, UserError};
+/// The container kernel devices share (and `ContainerMapper` maps through).
+pub use vfio_ioctls::VfioContainer;

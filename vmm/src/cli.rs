@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::machine::{DiskConfig, VfioUserConfig, VhostUserBlkConfig};
+use crate::machine::{DiskConfig, VfioConfig, VfioUserConfig, VhostUserBlkConfig};
 
 pub const USAGE: &str = "\
 usage: vmm [options]
@@ -36,6 +36,9 @@ usage: vmm [options]
                      a PCI device served by a vfio-user server (e.g. our
                      vfio-user-edu); each exchange may take up to timeout
                      (default 5) seconds
+  --device vfio,host=DDDD:BB:DD.F  or  --device vfio,sysfsdev=PATH
+                     a host PCI device bound to vfio-pci, passed through
+                     (its IOMMU group must be viable: all bound to vfio-pci)
   --exit-stats       print exits by kind, per device, to stderr at the end
   -h, --help         this text
 
@@ -65,6 +68,8 @@ pub struct Options {
     pub disks: Vec<DiskConfig>,
     pub vhost_user_blk: Vec<VhostUserBlkConfig>,
     pub vfio_user: Vec<VfioUserConfig>,
+    /// `--device vfio,...`: host devices through the kernel's VFIO.
+    pub vfio: Vec<VfioConfig>,
     pub exit_stats: bool,
     /// `--qmp`: the QMP socket's path.
     pub qmp: Option<PathBuf>,
@@ -85,6 +90,7 @@ impl Default for Options {
             disks: Vec::new(),
             vhost_user_blk: Vec::new(),
             vfio_user: Vec::new(),
+            vfio: Vec::new(),
             exit_stats: false,
             qmp: None,
         }
@@ -186,7 +192,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Options, CliErro
             }
             "--disk" => o.disks.push(parse_disk(&value(&name)?)?),
             "--vhost-user-blk" => o.vhost_user_blk.push(parse_vhost_user_blk(&value(&name)?)?),
-            "--device" => o.vfio_user.push(parse_device(&value(&name)?)?),
+            "--device" => match parse_device(&value(&name)?)? {
+                DeviceConfig::VfioUser(c) => o.vfio_user.push(c),
+                DeviceConfig::Vfio(c) => o.vfio.push(c),
+            },
             "--exit-stats" => o.exit_stats = true,
             "--qmp" => o.qmp = Some(parse_qmp(&value(&name)?)?),
             _ => return Err(CliError::Unknown(arg)),
@@ -345,11 +354,24 @@ pub fn parse_qmp(s: &str) -> Result<PathBuf, CliError> {
     Ok(PathBuf::from(path))
 }
 
-/// `vfio-user,socket=PATH[,timeout=SECS]`, the only device kind so far.
-pub fn parse_device(s: &str) -> Result<VfioUserConfig, CliError> {
+/// What `--device` adds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceConfig {
+    VfioUser(VfioUserConfig),
+    Vfio(VfioConfig),
+}
+
+/// `vfio-user,socket=PATH[,timeout=SECS]` or `vfio,host=BDF` /
+/// `vfio,sysfsdev=PATH`.
+pub fn parse_device(s: &str) -> Result<DeviceConfig, CliError> {
     let bad = CliError::Device;
+    if let Some(rest) = s.strip_prefix("vfio,") {
+        return parse_vfio(rest).map(DeviceConfig::Vfio);
+    }
     let Some(rest) = s.strip_prefix("vfio-user,") else {
-        return Err(bad(format!("{s:?} is not vfio-user,socket=PATH")));
+        return Err(bad(format!(
+            "{s:?} is not vfio-user,socket=PATH or vfio,host=DDDD:BB:DD.F"
+        )));
     };
     let mut c = VfioUserConfig::default();
     let mut socket = None;
@@ -369,7 +391,41 @@ pub fn parse_device(s: &str) -> Result<VfioUserConfig, CliError> {
         }
     }
     c.socket = socket.ok_or_else(|| bad("vfio-user: socket=PATH is missing".into()))?;
-    Ok(c)
+    Ok(DeviceConfig::VfioUser(c))
+}
+
+/// `host=DDDD:BB:DD.F` (domain optional) or `sysfsdev=PATH`, one of them.
+fn parse_vfio(s: &str) -> Result<VfioConfig, CliError> {
+    let bad = |m: String| CliError::Device(format!("vfio: {m}"));
+    let mut found = None;
+    for item in s.split(',') {
+        let path = match item.split_once('=') {
+            Some(("host", v)) => vmm_vfio::kernel::sysfs_path(v).map_err(|_| {
+                bad(format!(
+                    "host={v:?} is not a PCI address (DDDD:BB:DD.F or BB:DD.F)"
+                ))
+            })?,
+            Some(("sysfsdev", v)) if v.starts_with('/') => PathBuf::from(v),
+            Some(("sysfsdev", v)) => {
+                return Err(bad(format!(
+                    "sysfsdev={v:?} is not an absolute path (/sys/bus/pci/devices/...)"
+                )))
+            }
+            _ => {
+                return Err(bad(format!(
+                    "{item:?} is not host=DDDD:BB:DD.F or sysfsdev=PATH"
+                )))
+            }
+        };
+        if found.is_some() {
+            return Err(bad("give one of host= and sysfsdev=, once".into()));
+        }
+        found = Some(VfioConfig {
+            sysfs: path,
+            spec: item.into(),
+        });
+    }
+    found.ok_or_else(|| bad("host=DDDD:BB:DD.F or sysfsdev=PATH is missing".into()))
 }
 
 #[cfg(test)]
@@ -388,6 +444,55 @@ mod tests {
             e.to_string().contains("is not vfio-user,socket=PATH"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn kernel_vfio_devices_by_address_or_sysfs_path_and_bad_keys_named() {
+        let o = p(&[
+            "--device",
+            "vfio,host=0000:01:00.0",
+            "--device=vfio,sysfsdev=/sys/bus/pci/devices/0000:00:03.0",
+            "--device",
+            "vfio,host=02:1f.7",
+        ])
+        .unwrap();
+        let paths: Vec<_> = o
+            .vfio
+            .iter()
+            .map(|c| c.sysfs.display().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/sys/bus/pci/devices/0000:01:00.0",
+                "/sys/bus/pci/devices/0000:00:03.0",
+                "/sys/bus/pci/devices/0000:02:1f.7",
+            ]
+        );
+        assert_eq!(o.vfio[0].spec, "host=0000:01:00.0");
+        for (bad, says) in [
+            (
+                "vfio,host=0000:01:00",
+                "host=\"0000:01:00\" is not a PCI address",
+            ),
+            ("vfio,host=zz:00.0", "host=\"zz:00.0\" is not a PCI address"),
+            (
+                "vfio,sysfsdev=dev",
+                "sysfsdev=\"dev\" is not an absolute path",
+            ),
+            ("vfio,colour=red", "\"colour=red\" is not host="),
+            (
+                "vfio,host=01:00.0,host=01:00.1",
+                "one of host= and sysfsdev=",
+            ),
+            ("vfio,", "\"\" is not host="),
+        ] {
+            let e = p(&["--device", bad]).unwrap_err().to_string();
+            assert!(
+                e.starts_with("--device: vfio: ") && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
     }
 
     fn p(args: &[&str]) -> Result<Options, CliError> {

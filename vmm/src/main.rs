@@ -113,6 +113,9 @@ fn run(opts: Options) -> anyhow::Result<u32> {
     for d in &opts.vfio_user {
         machine.add_vfio_user(d)?;
     }
+    for d in &opts.vfio {
+        machine.add_vfio(d)?;
+    }
     let control = machine.control();
     let quitter = control.clone();
     vmm::qmp::signals::quit_on_signals(move |_| quitter.quit_with("host-signal"))

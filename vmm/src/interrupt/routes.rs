@@ -34,6 +34,8 @@ pub enum RouteError {
     NoGsi,
     #[error("no MSI route on GSI {0}")]
     NoRoute(u32),
+    #[error("GSI {0} already has a level-triggered line")]
+    LineTaken(u32),
     #[error("KVM refused the GSI routing table")]
     SetRouting(#[source] io::Error),
     #[error("KVM refused the irqfd for GSI {gsi}")]
@@ -50,6 +52,19 @@ pub enum RouteError {
 pub trait Routing: Send {
     fn set_routing(&mut self, table: &[kvm_irq_routing_entry]) -> io::Result<()>;
     fn irqfd(&mut self, fd: &EventFd, gsi: u32, assign: bool) -> io::Result<()>;
+    /// A level-triggered line: `fd` asserts GSI `gsi` (an IOAPIC pin) and
+    /// KVM writes `resample` when the guest ends the interrupt (EOI), so
+    /// the source can check whether the line is still asserted.
+    fn irqfd_resample(
+        &mut self,
+        fd: &EventFd,
+        resample: &EventFd,
+        gsi: u32,
+        assign: bool,
+    ) -> io::Result<()> {
+        let _ = (fd, resample, gsi, assign);
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
 }
 
 /// Routes on a KVM VM, or, between VMs (before the first boot, across a
@@ -78,6 +93,21 @@ impl Routing for KvmRouting {
         let Some(vm) = &self.0 else { return Ok(()) };
         let r = if assign {
             vm.register_irqfd(fd, gsi)
+        } else {
+            vm.unregister_irqfd(fd, gsi)
+        };
+        r.map_err(io::Error::from)
+    }
+    fn irqfd_resample(
+        &mut self,
+        fd: &EventFd,
+        resample: &EventFd,
+        gsi: u32,
+        assign: bool,
+    ) -> io::Result<()> {
+        let Some(vm) = &self.0 else { return Ok(()) };
+        let r = if assign {
+            vm.register_irqfd_with_resample(fd, resample, gsi)
         } else {
             vm.unregister_irqfd(fd, gsi)
         };
@@ -118,6 +148,8 @@ struct Route {
 struct Inner<R: Routing> {
     kvm: R,
     routes: BTreeMap<u32, Route>,
+    /// Level-triggered lines with resample (INTx): GSI -> (fd, resample).
+    lines: BTreeMap<u32, (Arc<EventFd>, Arc<EventFd>)>,
 }
 
 /// Allocates MSI routes and binds their irqfds. Cloneable; every device
@@ -140,6 +172,7 @@ impl<R: Routing> GsiRouter<R> {
             inner: Arc::new(Mutex::new(Inner {
                 kvm,
                 routes: BTreeMap::new(),
+                lines: BTreeMap::new(),
             })),
         }
     }
@@ -231,7 +264,45 @@ impl<R: Routing> GsiRouter<R> {
                 .irqfd(&r.fd, gsi, true)
                 .map_err(|source| RouteError::Irqfd { gsi, source })?;
         }
+        for (&gsi, (fd, resample)) in &inner.lines {
+            inner
+                .kvm
+                .irqfd_resample(fd, resample, gsi, true)
+                .map_err(|source| RouteError::Irqfd { gsi, source })?;
+        }
         Ok(())
+    }
+
+    /// Binds a level-triggered line with resample on IOAPIC pin `gsi`, on
+    /// this VM and every later one.
+    pub fn bind_line(
+        &self,
+        gsi: u32,
+        fd: Arc<EventFd>,
+        resample: Arc<EventFd>,
+    ) -> Result<(), RouteError> {
+        if gsi >= FIRST_MSI_GSI {
+            return Err(RouteError::NoRoute(gsi));
+        }
+        let mut g = self.lock();
+        if g.lines.contains_key(&gsi) {
+            return Err(RouteError::LineTaken(gsi));
+        }
+        g.kvm
+            .irqfd_resample(&fd, &resample, gsi, true)
+            .map_err(|source| RouteError::Irqfd { gsi, source })?;
+        g.lines.insert(gsi, (fd, resample));
+        Ok(())
+    }
+
+    /// Drops a line bound with [`GsiRouter::bind_line`].
+    pub fn unbind_line(&self, gsi: u32) {
+        let mut g = self.lock();
+        if let Some((fd, resample)) = g.lines.remove(&gsi) {
+            if let Err(e) = g.kvm.irqfd_resample(&fd, &resample, gsi, false) {
+                log::error!("releasing the line on GSI {gsi}: {e}");
+            }
+        }
     }
 
     /// Drops a route and its irqfd.

@@ -15,6 +15,8 @@ struct Seen {
     msi: Vec<(u32, u64, u32)>,
     irqchip_routes: usize,
     bound: Vec<u32>,
+    /// GSIs with a level-triggered line and resample.
+    lines: Vec<u32>,
 }
 
 #[derive(Clone, Default)]
@@ -47,6 +49,21 @@ impl Routing for Fake {
             s.bound.push(gsi);
         } else {
             s.bound.retain(|g| *g != gsi);
+        }
+        Ok(())
+    }
+    fn irqfd_resample(
+        &mut self,
+        _fd: &EventFd,
+        _resample: &EventFd,
+        gsi: u32,
+        assign: bool,
+    ) -> io::Result<()> {
+        let mut s = self.0.lock().unwrap();
+        if assign {
+            s.lines.push(gsi);
+        } else {
+            s.lines.retain(|g| *g != gsi);
         }
         Ok(())
     }
@@ -173,4 +190,71 @@ fn switching_to_a_new_vm_replays_the_table_and_the_bound_irqfds() {
     assert_eq!(s.msi.len(), 2, "both routes in the new table");
     assert_eq!(s.bound, vec![bound], "only the unmasked vector's irqfd");
     assert!(!s.bound.contains(&masked));
+}
+
+#[test]
+fn msi_vectors_share_the_address_and_bind_only_while_enabled_and_unmasked() {
+    use super::msi::{MsiConfig, MsiVectors};
+    use super::MsiMessage;
+    let fake = Fake::default();
+    let router = GsiRouter::new(fake.clone());
+    let msi = MsiVectors::new(router, 4).unwrap();
+    let gsis: Vec<u32> = (0..4).map(|v| msi.gsi(v).unwrap()).collect();
+    assert!(fake.0.lock().unwrap().bound.is_empty(), "nothing live yet");
+
+    let mut c = MsiConfig {
+        enabled: true,
+        vectors: 4,
+        msg: MsiMessage {
+            addr: 0xfee0_1000,
+            data: 0x4043, // low two bits belong to the vector number
+        },
+        mask: 0b0100,
+    };
+    msi.set_config(c);
+    {
+        let s = fake.0.lock().unwrap();
+        let mut bound = s.bound.clone();
+        bound.sort();
+        assert_eq!(bound, [gsis[0], gsis[1], gsis[3]], "vector 2 is masked");
+        for v in [0, 1, 3] {
+            assert!(
+                s.msi.contains(&(gsis[v], 0xfee0_1000, 0x4040 | v as u32)),
+                "{:x?}",
+                s.msi
+            );
+        }
+    }
+    // Two vectors enabled: 2 and 3 go quiet; disabling unbinds all.
+    c.vectors = 2;
+    msi.set_config(c);
+    assert_eq!(fake.0.lock().unwrap().bound.len(), 2);
+    c.enabled = false;
+    msi.set_config(c);
+    assert!(fake.0.lock().unwrap().bound.is_empty());
+    // A vector raised while disabled stays pending until reset drops it.
+    msi.vector_fd(0).unwrap().write(1).unwrap();
+    msi.reset();
+    assert!(msi.vector_fd(0).unwrap().read().is_err(), "reset drops it");
+    drop(msi);
+    assert!(fake.0.lock().unwrap().msi.is_empty(), "routes released");
+}
+
+#[test]
+fn level_lines_bind_with_resample_follow_a_new_vm_and_refuse_msi_gsis() {
+    let fake = Fake::default();
+    let router = GsiRouter::new(fake.clone());
+    let fd = || Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    router.bind_line(10, fd(), fd()).unwrap();
+    assert!(
+        router.bind_line(10, fd(), fd()).is_err(),
+        "one line per pin"
+    );
+    assert!(router.bind_line(FIRST_MSI_GSI, fd(), fd()).is_err());
+    assert_eq!(fake.0.lock().unwrap().lines, [10]);
+    let next = Fake::default();
+    router.switch(next.clone()).unwrap();
+    assert_eq!(next.0.lock().unwrap().lines, [10], "rebound on the new VM");
+    router.unbind_line(10);
+    assert!(next.0.lock().unwrap().lines.is_empty());
 }

@@ -10,6 +10,7 @@ pub mod layout;
 pub mod pam;
 pub mod pc;
 pub mod requests;
+pub mod vfio;
 pub mod vfio_user;
 
 #[cfg(test)]
@@ -20,6 +21,7 @@ pub use disks::{DiskConfig, VhostUserBlkConfig};
 pub use layout::PcMemory;
 pub use pc::{Machine, MachineConfig, MachineError, Reset};
 pub use requests::{Request, Requests};
+pub use vfio::VfioConfig;
 pub use vfio_user::VfioUserConfig;
 
 /// An error and its sources, one line: what a user needs to see.

@@ -148,6 +148,8 @@ pub struct Machine {
     pub(super) disks: usize,
     /// The `vhost` listeners of vhost-user devices.
     pub(super) vhost_user: Vec<ListenerId>,
+    /// The kernel VFIO container of `--device vfio` devices.
+    pub(super) kernel_vfio: Option<super::vfio::KernelVfio>,
     /// The ACPI SCI, driven on whichever VM runs.
     pub(super) sci: Arc<SciLine>,
     /// Memory hotplug, once enabled.
@@ -244,6 +246,7 @@ impl Machine {
             virtio: Vec::new(),
             disks: 0,
             vhost_user: Vec::new(),
+            kernel_vfio: None,
             sci,
             hotplug: None,
             vcpu_slot: Arc::default(),

@@ -14,8 +14,8 @@ use super::pc::{Machine, MachineError};
 use crate::interrupt::KvmRouting;
 use crate::vfio::{VfioListener, VfioPci};
 
-/// vfio-user devices take slots from the top down, so they never collide
-/// with the virtio devices' bottom-up slots.
+/// vfio-user and kernel VFIO devices take slots from the top down, so they
+/// never collide with the virtio devices' bottom-up slots.
 const LAST_SLOT: u8 = 31;
 const FIRST_SLOT: u8 = 3;
 
@@ -36,6 +36,13 @@ impl Default for VfioUserConfig {
 }
 
 impl Machine {
+    /// The highest free PCI slot: passed-through devices take slots from
+    /// the top down.
+    pub(super) fn free_slot_from_top(&self) -> Option<u8> {
+        let taken: Vec<u8> = self.pci.list().iter().map(|f| f.0).collect();
+        (FIRST_SLOT..=LAST_SLOT).rev().find(|s| !taken.contains(s))
+    }
+
     /// Connects to the vfio-user server on `c.socket`, maps guest RAM for
     /// it and puts its device in the highest free PCI slot.
     pub fn add_vfio_user(
@@ -48,10 +55,8 @@ impl Machine {
                 c.socket.display()
             ))
         };
-        let taken: Vec<u8> = self.pci.list().iter().map(|f| f.0).collect();
-        let slot = (FIRST_SLOT..=LAST_SLOT)
-            .rev()
-            .find(|s| !taken.contains(s))
+        let slot = self
+            .free_slot_from_top()
             .ok_or_else(|| bad("no free PCI slot".into()))?;
         let name = format!("vfio-user-{slot:02x}");
         let client = UserClient::connect(&c.socket, c.timeout).map_err(|e| bad(chain(&e)))?;

@@ -97,6 +97,10 @@ impl AddressSpace {
             };
             match r.region.kind() {
                 RegionKind::Io(ops) => ops.read(off, buf),
+                RegionKind::RamDevice(b) => {
+                    b.read_device(off, buf);
+                    return Access::Ram;
+                }
                 _ => match r.region.ram_block() {
                     Some(b) => {
                         b.read(off, buf);
@@ -120,6 +124,10 @@ impl AddressSpace {
             match r.region.kind() {
                 RegionKind::Io(ops) => ops.write(off, buf),
                 _ if r.readonly => {}
+                RegionKind::RamDevice(b) => {
+                    b.write_device(off, buf);
+                    return Access::Ram;
+                }
                 _ => {
                     if let Some(b) = r.region.ram_block() {
                         b.write(off, buf);

@@ -212,7 +212,9 @@ impl Builder {
             return;
         }
         let mut mask = mask;
-        if self.global_log && mr.is_ram_like() {
+        // Global logging covers guest memory, not a device's BAR mapped in
+        // (QEMU does not log RAM devices either: they are not migrated).
+        if self.global_log && mr.is_ram_like() && !matches!(mr.kind(), RegionKind::RamDevice(_)) {
             mask |= dirty::MIGRATION;
         }
         self.fill(start as u64, end as u64, |s, e| FlatRange {

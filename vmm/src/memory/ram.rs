@@ -126,6 +126,33 @@ impl RamBlock {
         }
     }
 
+    /// Maps `size` bytes of `file` at `file_offset` (a device region's
+    /// mmap-able area) shared and read-write; the block owns the mapping.
+    pub fn map_device(
+        name: &str,
+        file: File,
+        file_offset: u64,
+        size: u64,
+    ) -> Result<Self, RamError> {
+        if size == 0 {
+            return Err(RamError::ZeroSize { name: name.into() });
+        }
+        let host = map_shared(&file, file_offset, size).map_err(|source| RamError::Mmap {
+            name: name.into(),
+            size,
+            source,
+        })?;
+        Ok(RamBlock {
+            name: name.into(),
+            host,
+            size,
+            file,
+            file_offset,
+            owns_mapping: true,
+            dirty: super::dirty_log::DirtyBitmap::new(size),
+        })
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -188,6 +215,72 @@ impl RamBlock {
         n
     }
 
+    /// Reads device memory as a device wants it: an aligned access of 1,
+    /// 2, 4 or 8 bytes as one load of that width, anything else byte by
+    /// byte; bytes past the end read as all ones.
+    pub fn read_device(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+        let n = self.clamp(offset, data.len());
+        if n == 0 {
+            return;
+        }
+        let p = self.host.as_ptr().wrapping_add(offset as usize);
+        let whole = n == data.len() && offset % n as u64 == 0;
+        match (n, whole) {
+            (2 | 4 | 8, true) => {
+                let mut v = [0u8; 8];
+                // SAFETY: clamp bounds [offset, offset + n) inside the
+                // mapping, alive as long as self; `p` is aligned to `n`.
+                unsafe {
+                    match n {
+                        2 => v[..2].copy_from_slice(&p.cast::<u16>().read_volatile().to_le_bytes()),
+                        4 => v[..4].copy_from_slice(&p.cast::<u32>().read_volatile().to_le_bytes()),
+                        _ => v = p.cast::<u64>().read_volatile().to_le_bytes(),
+                    }
+                }
+                data.copy_from_slice(&v[..n]);
+            }
+            _ => {
+                for (i, b) in data[..n].iter_mut().enumerate() {
+                    // SAFETY: i < n, inside the mapping as above.
+                    *b = unsafe { p.add(i).read_volatile() };
+                }
+            }
+        }
+    }
+
+    /// Writes device memory, the counterpart of [`RamBlock::read_device`];
+    /// bytes past the end are dropped.
+    pub fn write_device(&self, offset: u64, data: &[u8]) {
+        let n = self.clamp(offset, data.len());
+        if n == 0 {
+            return;
+        }
+        let p = self.host.as_ptr().wrapping_add(offset as usize);
+        let whole = n == data.len() && offset % n as u64 == 0;
+        match (n, whole) {
+            (2 | 4 | 8, true) => {
+                let mut v = [0u8; 8];
+                v[..n].copy_from_slice(data);
+                let q = u64::from_le_bytes(v);
+                // SAFETY: as in read_device; the mapping is writable.
+                unsafe {
+                    match n {
+                        2 => p.cast::<u16>().write_volatile(q as u16),
+                        4 => p.cast::<u32>().write_volatile(q as u32),
+                        _ => p.cast::<u64>().write_volatile(q),
+                    }
+                }
+            }
+            _ => {
+                for (i, &b) in data[..n].iter().enumerate() {
+                    // SAFETY: i < n, inside the writable mapping.
+                    unsafe { p.add(i).write_volatile(b) }
+                }
+            }
+        }
+    }
+
     fn clamp(&self, offset: u64, len: usize) -> usize {
         if offset >= self.size {
             return 0;
@@ -243,6 +336,25 @@ mod tests {
         assert_eq!(b.read(0x10, &mut one), 1);
         assert_eq!(one, [0xaa]);
         assert_eq!(b.read(0x2000, &mut one), 0);
+    }
+
+    #[test]
+    fn device_accesses_keep_their_width_and_stop_at_the_end() {
+        let b = RamBlock::new_memfd("d", 0x1000).unwrap();
+        b.write_device(0x10, &0x1122_3344u32.to_le_bytes());
+        b.write_device(0x18, &0x5566_7788_99aa_bbccu64.to_le_bytes());
+        b.write_device(0x21, &[1, 2, 3]);
+        let mut w = [0u8; 4];
+        b.read_device(0x10, &mut w);
+        assert_eq!(u32::from_le_bytes(w), 0x1122_3344);
+        let mut q = [0u8; 8];
+        b.read_device(0x18, &mut q);
+        assert_eq!(u64::from_le_bytes(q), 0x5566_7788_99aa_bbcc);
+        let mut odd = [0u8; 3];
+        b.read_device(0x21, &mut odd);
+        assert_eq!(odd, [1, 2, 3]);
+        b.read_device(0xffe, &mut w);
+        assert_eq!(w, [0, 0, 0xff, 0xff], "past the end reads all ones");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! behind it.
 
 use super::bar::{Bar, BarKind};
-use super::config::{ConfigSpace, BAR0, COMMAND};
+use super::config::{ConfigSpace, BAR0, COMMAND, INTERRUPT_LINE};
 use super::PciError;
 use crate::memory::{MemoryError, MemoryRegion, Transaction};
 
@@ -87,6 +87,15 @@ impl PciFunction {
         bar.install(&mut self.initial);
         self.bars.push(bar);
         Ok(())
+    }
+
+    /// Sets the interrupt pin (1 = INTA#) and line (the GSI it is wired
+    /// to), also in the power-on bytes a reset goes back to.
+    pub fn set_interrupt(&mut self, pin: u8, line: u8) {
+        for cfg in [&mut self.cfg, &mut self.initial] {
+            cfg.set_u8(INTERRUPT_LINE, line);
+            cfg.set_u8(INTERRUPT_LINE + 1, pin);
+        }
     }
 
     pub fn bars(&self) -> &[Bar] {

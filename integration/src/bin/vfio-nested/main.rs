@@ -9,12 +9,14 @@
 //! usage: vfio-nested BDF (e.g. 0000:00:03.0)
 
 mod bench;
+mod budget;
 mod checks;
 mod edu;
 mod kmsg;
 mod mapper;
+mod model;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -39,6 +41,10 @@ pub struct Rig {
     pub ram: MemoryRegion,
     pub live: Live,
     pub edu: Edu,
+    /// The container (its IOMMU set by edu's group) and edu's sysfs path,
+    /// for opening the device again under the device model.
+    pub container: Arc<VfioContainer>,
+    pub sysfs: PathBuf,
 }
 
 impl Rig {
@@ -64,6 +70,7 @@ fn setup(bdf: &str) -> Result<Rig, String> {
         Arc::new(VfioContainer::new(None).map_err(|e| format!("opening /dev/vfio/vfio: {e}"))?);
     let sysfs = Path::new("/sys/bus/pci/devices").join(bdf);
     let ops: Arc<dyn VfioOps> = container.clone();
+    let rig_container = container.clone();
     let dev = VfioDevice::new(&sysfs, ops, false)
         .map_err(|e| format!("opening VFIO device {}: {e}", sysfs.display()))?;
     let edu = Edu { dev };
@@ -91,6 +98,8 @@ fn setup(bdf: &str) -> Result<Rig, String> {
         ram,
         live,
         edu,
+        container: rig_container,
+        sysfs,
     };
     rig.add(RAM_IOVA, &rig.ram)?;
     Ok(rig)
@@ -109,6 +118,8 @@ fn main() -> ExitCode {
         }
     };
     let mut failed = checks::run(&rig);
+    failed += model::run(&rig);
+    failed += budget::run(&rig);
     if let Err(e) = bench::run(&rig) {
         println!("not ok - benchmarks: {e}");
         failed += 1;

@@ -247,3 +247,24 @@ fn lookup_finds_every_range_edge() {
         assert!(space.lookup(base + 0x800).is_none());
     }
 }
+
+#[test]
+fn global_logging_covers_ram_but_not_a_ram_device_and_device_reads_keep_their_width() {
+    use crate::memory::{dirty, RamBlock};
+    let (mem, root, space) = system(0x10_0000);
+    let ram = MemoryRegion::ram("ram", 0x1000).unwrap();
+    let block = Arc::new(RamBlock::new_memfd("bar", 0x1000).unwrap());
+    block.write(0, &0x0100_00edu32.to_le_bytes());
+    let bar = MemoryRegion::ram_device("bar", block);
+    let tx = mem.begin();
+    tx.add_subregion(&root, 0, &ram).unwrap();
+    tx.add_subregion(&root, 0x8000, &bar).unwrap();
+    tx.commit().unwrap();
+    mem.log_global_start().unwrap();
+    let mask = |a: u64| space.lookup(a).unwrap().0.dirty_log_mask;
+    assert_eq!(mask(0) & dirty::MIGRATION, dirty::MIGRATION);
+    assert_eq!(mask(0x8000), 0, "a RAM device is not logged");
+    let mut b = [0u8; 4];
+    assert_eq!(space.read(0x8000, &mut b), Access::Ram);
+    assert_eq!(u32::from_le_bytes(b), 0x0100_00ed);
+}
