@@ -324,6 +324,14 @@ impl Shared {
                 for (ring, u) in started.iter().zip(used) {
                     self.start(ring, u)?;
                 }
+                // The driver's last kick may have gone to the backend that
+                // died: kick every ring once so the new one looks at what
+                // is already queued (a spurious kick is harmless).
+                for ring in &started {
+                    if let Err(e) = ring.kick.write(1) {
+                        log::warn!("vhost-user-blk: kicking queue {}: {e}", ring.index);
+                    }
+                }
                 Ok(())
             });
         if res.is_err() {
