@@ -20,6 +20,8 @@ use std::os::unix::fs::FileExt;
 
 use vhost::vhost_user::message::VhostUserInflight;
 
+use crate::frontend::{BackendConn, FrontendError};
+
 /// Bytes of a queue's header in the region.
 const HEADER: u64 = 16;
 /// Bytes of one descriptor's state (split rings).
@@ -147,6 +149,60 @@ impl Inflight {
         self.file
             .read_exact_at(buf, at)
             .map_err(|e| InflightError::Io(e.to_string()))
+    }
+}
+
+/// A device's inflight region across its backends: asked for on the
+/// driver's first start, handed to every backend that serves the device
+/// before its rings start, dropped on a device reset so the next driver
+/// starts clean.
+#[derive(Debug)]
+pub struct InflightSlot {
+    region: Option<Inflight>,
+    queues: u16,
+    queue_size: u16,
+}
+
+impl InflightSlot {
+    /// For a device of `queues` queues of at most `queue_size`.
+    pub fn new(queues: u16, queue_size: u16) -> Self {
+        InflightSlot {
+            region: None,
+            queues,
+            queue_size,
+        }
+    }
+
+    /// Before the rings start on `conn`: GET_INFLIGHT_FD if the device has
+    /// no region yet, then SET_INFLIGHT_FD. Nothing (None) for a backend
+    /// that does not track inflight I/O.
+    pub fn hand_over(&mut self, conn: &BackendConn) -> Result<Option<&Inflight>, FrontendError> {
+        if !conn.tracks_inflight() {
+            return Ok(None);
+        }
+        let region = match &mut self.region {
+            Some(r) => r,
+            empty => {
+                let r = conn.get_inflight(self.queues, self.queue_size)?;
+                log::debug!(
+                    "vhost-user {}: inflight region of {} bytes",
+                    conn.path().display(),
+                    r.size()
+                );
+                empty.insert(r)
+            }
+        };
+        conn.set_inflight(region)?;
+        Ok(Some(region))
+    }
+
+    /// The device was reset: the next start gets a fresh region.
+    pub fn clear(&mut self) {
+        self.region = None;
+    }
+
+    pub fn region(&self) -> Option<&Inflight> {
+        self.region.as_ref()
     }
 }
 

@@ -8,6 +8,6 @@ pub mod memtable;
 pub mod sink;
 
 pub use frontend::{BackendConn, FrontendError, Negotiated, VringSetup};
-pub use inflight::{Inflight, InflightError};
+pub use inflight::{Inflight, InflightError, InflightSlot};
 pub use memtable::{MemRegion, MemTable, Update};
 pub use sink::{apply, FrontendSink, MemTableSink, SinkError};

@@ -17,7 +17,7 @@ use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 use vmm_vhost::frontend::{VringSetup, F_VERSION_1};
-use vmm_vhost::{BackendConn, FrontendError, InflightError};
+use vmm_vhost::{BackendConn, FrontendError, InflightError, InflightSlot};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -304,4 +304,66 @@ fn bad_inflight_replies_are_errors() {
         };
         assert!(want, "{name}: {e:?}");
     }
+}
+
+#[test]
+fn a_device_keeps_one_region_until_it_is_reset() {
+    let (sock, log) = backend("slot", Reply::Region(4224));
+    let conn = connect(&sock);
+    let mut slot = InflightSlot::new(2, 128);
+    let ino = |f: &File| f.metadata().unwrap().ino();
+
+    // The driver starts the device: GET, then SET of that region.
+    assert!(slot.hand_over(&conn).unwrap().is_some());
+    // The backend restarts: the same region again, no new GET.
+    conn.reconnect(T).expect("reconnect");
+    assert!(slot.hand_over(&conn).unwrap().is_some());
+    {
+        let l = log.lock().unwrap();
+        assert_eq!(l.given.len(), 1, "one GET_INFLIGHT_FD: {:?}", codes(&log));
+        let sets: Vec<_> = l.seen.iter().filter_map(|s| s.inflight.as_ref()).collect();
+        assert_eq!(sets.len(), 2);
+        assert!(sets.iter().all(|s| ino(&s.2) == ino(&l.given[0])));
+    }
+
+    // A reset: the next start asks for a fresh region and hands that one.
+    slot.clear();
+    assert!(slot.region().is_none());
+    assert!(slot.hand_over(&conn).unwrap().is_some());
+    let l = log.lock().unwrap();
+    assert_eq!(l.given.len(), 2, "a fresh GET_INFLIGHT_FD after the reset");
+    let last = l
+        .seen
+        .iter()
+        .filter_map(|s| s.inflight.as_ref())
+        .last()
+        .unwrap();
+    assert_eq!(ino(&last.2), ino(&l.given[1]));
+    assert_ne!(ino(&l.given[0]), ino(&l.given[1]));
+}
+
+#[test]
+fn a_backend_without_inflight_tracking_gets_no_region() {
+    let dir = std::env::temp_dir().join(format!("vmm-inflight-ours-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (image, sock) = (dir.join("disk.raw"), dir.join("s.sock"));
+    File::create(&image).unwrap().set_len(1 << 20).unwrap();
+    let mut daemon = std::process::Command::new(testkit::process::binary("vhost-user-blk"))
+        .args(["--socket", sock.to_str().unwrap()])
+        .args(["--image", image.to_str().unwrap()])
+        .spawn()
+        .expect("the vhost-user-blk binary");
+    let conn = BackendConn::connect(&sock, 2, T).expect("our daemon answers");
+    assert!(!conn.tracks_inflight());
+    let mut slot = InflightSlot::new(2, 128);
+    assert!(slot.hand_over(&conn).unwrap().is_none());
+    assert!(slot.region().is_none());
+    assert!(matches!(
+        conn.get_inflight(2, 128),
+        Err(FrontendError::Lacks(_))
+    ));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(dir);
 }

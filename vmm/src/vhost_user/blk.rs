@@ -31,7 +31,7 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_vhost::frontend::VringSetup;
-use vmm_vhost::{apply, BackendConn, FrontendError, Inflight, MemTable};
+use vmm_vhost::{apply, BackendConn, FrontendError, Inflight, InflightSlot, MemTable};
 
 use super::listener::section;
 use crate::machine::error_chain;
@@ -70,14 +70,13 @@ struct Ring {
     call: Arc<EventFd>,
 }
 
-#[derive(Default)]
 struct Rings {
     features: u64,
     started: Vec<Ring>,
     broken: Option<Arc<Broken>>,
     /// The backend's inflight region, from the driver's first start until
     /// a device reset.
-    inflight: Option<Inflight>,
+    inflight: InflightSlot,
 }
 
 /// What the device and its watcher share.
@@ -90,9 +89,6 @@ struct Shared {
     reconnect: Duration,
     stop: AtomicBool,
     reconnects: AtomicU64,
-    /// The device's queues and their size, for GET_INFLIGHT_FD.
-    queues: u16,
-    queue_size: u16,
     /// Replays that handed a restarted backend the inflight region.
     inflight_replays: AtomicU64,
     /// Requests the region held in flight at those replays.
@@ -140,15 +136,18 @@ impl VhostUserBlk {
         let no_vector = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VhostBlkError::EventFd)?);
         let shared = Arc::new(Shared {
             conn,
-            rings: Mutex::default(),
+            rings: Mutex::new(Rings {
+                features: 0,
+                started: Vec::new(),
+                broken: None,
+                inflight: InflightSlot::new(queues, queue_size),
+            }),
             memory: at.memory,
             space: at.space,
             dma: at.dma,
             reconnect,
             stop: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
-            queues,
-            queue_size,
             inflight_replays: AtomicU64::new(0),
             resubmitted: AtomicU64::new(0),
         });
@@ -210,31 +209,15 @@ impl Shared {
     }
 
     /// Hands the backend the device's inflight region before its rings
-    /// start, asking for one first if the device has none; nothing for a
-    /// backend that does not track inflight I/O.
+    /// start (asking for one first if the device has none).
     fn hand_inflight<'r>(&self, rings: &'r mut Rings) -> Result<Option<&'r Inflight>, String> {
-        if !self.conn.tracks_inflight() {
-            return Ok(None);
-        }
-        let path = self.conn.path().display();
-        let inflight = match &mut rings.inflight {
-            Some(i) => i,
-            empty => {
-                let i = self
-                    .conn
-                    .get_inflight(self.queues, self.queue_size)
-                    .map_err(|e| format!("backend {path}: {}", error_chain(&e)))?;
-                log::debug!(
-                    "vhost-user-blk {path}: inflight region of {} bytes",
-                    i.size()
-                );
-                empty.insert(i)
-            }
-        };
-        self.conn
-            .set_inflight(inflight)
-            .map_err(|e| format!("backend {path}: {}", error_chain(&e)))?;
-        Ok(Some(inflight))
+        rings.inflight.hand_over(&self.conn).map_err(|e| {
+            format!(
+                "backend {}: {}",
+                self.conn.path().display(),
+                error_chain(&e)
+            )
+        })
     }
 
     /// Hands `ring` to the backend, starting where the used ring says.
@@ -469,7 +452,7 @@ impl VirtioDevice for VhostUserBlk {
     fn reset(&mut self) {
         self.stop_rings();
         // A new driver starts with a clean region (a fresh GET_INFLIGHT_FD).
-        self.shared.lock().inflight = None;
+        self.shared.lock().inflight.clear();
     }
 
     fn shutdown(&mut self) {
