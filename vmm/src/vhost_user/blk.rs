@@ -8,10 +8,15 @@
 //! and connects again for up to the configured time. It then replays, in
 //! one memory transaction so the map cannot change meanwhile, the whole
 //! memory table, the features and every started ring, each from the used
-//! index in guest memory: requests the old backend took but never
-//! completed are taken again (virtio-blk requests can be repeated). If the
-//! backend does not come back the device sets DEVICE_NEEDS_RESET and the
-//! VMM runs on.
+//! index in guest memory, and kicks every ring once (the guest's last kick
+//! may have died with the old backend). Requests the old backend took but
+//! never completed are taken again (virtio-blk requests can be repeated),
+//! exactly so when it completed them in the order it took them: a backend
+//! that completes out of order can leave one before the used index
+//! unfinished and one after it finished, and resuming at the used index
+//! then loses the first and redoes the second. Only inflight tracking
+//! (below) recovers that. If the backend does not come back the device
+//! sets DEVICE_NEEDS_RESET and the VMM runs on.
 //!
 //! Inflight tracking: a backend that offers INFLIGHT_SHMFD is asked for its
 //! inflight region (GET_INFLIGHT_FD) when the driver first starts the
