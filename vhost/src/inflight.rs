@@ -86,7 +86,7 @@ impl Inflight {
             .metadata()
             .map_err(|e| InflightError::Io(e.to_string()))?
             .len();
-        let end = offset.checked_add(size).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(size);
         if len < end {
             return Err(InflightError::Short { len, end });
         }

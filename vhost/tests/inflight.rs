@@ -335,8 +335,8 @@ fn a_device_keeps_one_region_until_it_is_reset() {
     let last = l
         .seen
         .iter()
-        .filter_map(|s| s.inflight.as_ref())
-        .last()
+        .rev()
+        .find_map(|s| s.inflight.as_ref())
         .unwrap();
     assert_eq!(ino(&last.2), ino(&l.given[1]));
     assert_ne!(ino(&l.given[0]), ino(&l.given[1]));
