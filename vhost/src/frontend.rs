@@ -63,6 +63,8 @@ pub struct Negotiated {
     /// Virtio features the backend offers (without the vhost-user bit).
     pub device_features: u64,
     pub protocol: VhostUserProtocolFeatures,
+    /// Every protocol feature the backend offered, used or not.
+    pub offered: VhostUserProtocolFeatures,
     pub queues: u64,
     pub max_mem_slots: u64,
 }
@@ -162,6 +164,7 @@ fn handshake(
     let negotiated = Negotiated {
         device_features: features & !proto_bit,
         protocol,
+        offered: theirs,
         queues,
         max_mem_slots,
     };
