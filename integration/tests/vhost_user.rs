@@ -6,7 +6,10 @@
 //!   and the same job, and checks that one flipped byte fails that check;
 //! - our VMM's vhost-user-blk device in front of qemu-storage-daemon and in
 //!   front of our daemon, the probe guest running its disk checks on two
-//!   queues; the host checks the image byte for byte.
+//!   queues; the host checks the image byte for byte;
+//! - either daemon killed (SIGKILL) in the middle of the probe's write
+//!   stream and restarted on the same socket: the device reconnects,
+//!   replays, and the stream completes and verifies.
 //!
 //! - the daemon's backend in this process, read through its own mappings:
 //!   its memory table equals the flat view's guest RAM and holds the bytes
@@ -191,8 +194,22 @@ fn pattern_disk(name: &str, seed: u64) -> (std::path::PathBuf, std::path::PathBu
 }
 
 fn qemu_storage_daemon(image: &Path, sock: &Path) -> Killed {
+    qsd_with(image, sock, &[])
+}
+
+/// qemu-storage-daemon with one I/O worker, so it completes requests in
+/// the order it takes them: without inflight tracking (which QSD 7.2 does
+/// not offer) a restarted backend can only resume at one avail index, and
+/// the used index is the right one only for in-order completion.
+fn qemu_storage_daemon_in_order(image: &Path, sock: &Path) -> Killed {
+    let one_worker = "main-loop,id=ml,thread-pool-min=1,thread-pool-max=1";
+    qsd_with(image, sock, &["--object", one_worker])
+}
+
+fn qsd_with(image: &Path, sock: &Path, extra: &[&str]) -> Killed {
     Killed(
         Command::new("qemu-storage-daemon")
+            .args(extra)
             .arg("--blockdev")
             .arg(format!(
                 "driver=file,node-name=f,filename={}",
@@ -291,10 +308,15 @@ fn our_frontend_serves_the_probe_from_our_daemon() {
     );
 }
 
-#[test]
-fn a_daemon_killed_mid_stream_and_restarted_loses_no_write() {
-    let (image, sock) = pattern_disk("restart", 61);
-    let daemon = std::sync::Arc::new(std::sync::Mutex::new(our_daemon(&image, &sock)));
+/// The probe's write stream (`blk-stream`) on a disk served by the
+/// daemon `spawn` starts, which is killed (SIGKILL) in the middle of the
+/// stream and started again on the same socket. Checks that the stream
+/// completes and verifies in the guest, that the image holds its last
+/// pass sector by sector, and that the device reconnected once; returns
+/// the VMM's exit report.
+fn kill_mid_stream(name: &str, seed: u64, spawn: fn(&Path, &Path) -> Killed) -> String {
+    let (image, sock) = pattern_disk(name, seed);
+    let daemon = std::sync::Arc::new(std::sync::Mutex::new(spawn(&image, &sock)));
     wait_socket(&sock);
     let passes = 12;
     let (mut m, out) = common::probe_machine(&format!("blk-stream={passes}"));
@@ -321,7 +343,7 @@ fn a_daemon_killed_mid_stream_and_restarted_loses_no_write() {
             let _ = d.0.kill();
             let _ = d.0.wait();
             std::thread::sleep(Duration::from_millis(300));
-            *d = our_daemon(&image, &sock);
+            *d = spawn(&image, &sock);
             Ok(format!("killed after {at} passes"))
         })
     };
@@ -361,9 +383,38 @@ fn a_daemon_killed_mid_stream_and_restarted_loses_no_write() {
         let want = if (1024..end).contains(&s) {
             testkit::pattern::sector(last, s)
         } else {
-            testkit::pattern::sector(61, s)
+            testkit::pattern::sector(seed, s)
         };
         let at = (s * 512) as usize;
         assert!(disk[at..at + 512] == want, "sector {s} is wrong");
     }
+    report
+}
+
+#[test]
+fn a_daemon_killed_mid_stream_and_restarted_loses_no_write() {
+    let report = kill_mid_stream("restart", 61, our_daemon);
+    // Our daemon resumes from the used index; it has no inflight region.
+    assert!(
+        report.contains("inflight=off inflight_replays=0"),
+        "{report}"
+    );
+}
+
+#[test]
+fn qemu_storage_daemon_killed_mid_stream_and_restarted_loses_no_write() {
+    // With its default thread pool QSD completes out of order; killed then,
+    // a request taken before the used index may be unfinished and one after
+    // it finished: resuming at the used index loses the one and redoes the
+    // other (the probe then counts N failed, N completed twice; 2 runs in
+    // 20). Only inflight tracking recovers that, and QSD 7.2 does not offer
+    // it (QEMU 6.0 stopped offering it; vhost/tests/inflight.rs tests the
+    // wire side). So this QSD completes in order.
+    let report = kill_mid_stream("qsd-restart", 71, qemu_storage_daemon_in_order);
+    // A QSD that offers INFLIGHT_SHMFD must get its region on the replay.
+    assert!(
+        report.contains("inflight=off inflight_replays=0")
+            || report.contains("inflight=on inflight_replays=1"),
+        "{report}"
+    );
 }

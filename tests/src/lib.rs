@@ -7,4 +7,5 @@ pub mod pattern;
 pub mod probe;
 pub mod process;
 pub mod qmp;
+pub mod vhost_script;
 pub mod virtq;

@@ -14,12 +14,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::inflight::{Inflight, InflightError};
 use crate::sink::FrontendSink;
 
 /// VIRTIO_F_VERSION_1.
@@ -45,6 +47,10 @@ pub enum FrontendError {
     },
     #[error("the backend lacks {0}")]
     Lacks(&'static str),
+    #[error("bad GET_INFLIGHT_FD reply")]
+    Inflight(#[source] InflightError),
+    #[error("queue {0} started before SET_INFLIGHT_FD (the backend tracks inflight I/O)")]
+    NoInflight(usize),
 }
 
 fn refused(what: &'static str) -> impl FnOnce(vhost::Error) -> FrontendError {
@@ -57,6 +63,8 @@ pub struct Negotiated {
     /// Virtio features the backend offers (without the vhost-user bit).
     pub device_features: u64,
     pub protocol: VhostUserProtocolFeatures,
+    /// Every protocol feature the backend offered, used or not.
+    pub offered: VhostUserProtocolFeatures,
     pub queues: u64,
     pub max_mem_slots: u64,
 }
@@ -84,6 +92,9 @@ pub struct BackendConn {
     acked: Arc<AtomicU64>,
     path: PathBuf,
     max_queues: u64,
+    /// Whether this connection got SET_INFLIGHT_FD (a backend that tracks
+    /// inflight I/O must have its region before any ring starts).
+    inflight_sent: AtomicBool,
 }
 
 /// The protocol features this frontend uses when the backend has them.
@@ -93,6 +104,7 @@ pub fn wanted_protocol() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         | VhostUserProtocolFeatures::LOG_SHMFD
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
 }
 
 /// Waits up to `timeout` for a socket file at `path` (Frontend::connect only
@@ -152,6 +164,7 @@ fn handshake(
     let negotiated = Negotiated {
         device_features: features & !proto_bit,
         protocol,
+        offered: theirs,
         queues,
         max_mem_slots,
     };
@@ -169,6 +182,7 @@ impl BackendConn {
             acked: Arc::default(),
             path: path.into(),
             max_queues,
+            inflight_sent: AtomicBool::new(false),
         })
     }
 
@@ -186,6 +200,7 @@ impl BackendConn {
             return Err(FrontendError::Lacks("what the first backend offered"));
         }
         *self.lock() = f;
+        self.inflight_sent.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -268,8 +283,46 @@ impl BackendConn {
         }
     }
 
+    /// Whether the backend tracks inflight I/O (INFLIGHT_SHMFD negotiated):
+    /// then every connection needs SET_INFLIGHT_FD before its rings start.
+    pub fn tracks_inflight(&self) -> bool {
+        self.negotiated
+            .protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+    }
+
+    /// Asks the backend for a fresh inflight region for `queues` queues of
+    /// `queue_size` (GET_INFLIGHT_FD); checks what it gives.
+    pub fn get_inflight(&self, queues: u16, queue_size: u16) -> Result<Inflight, FrontendError> {
+        if !self.tracks_inflight() {
+            return Err(FrontendError::Lacks("VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD"));
+        }
+        let ask = VhostUserInflight::new(0, 0, queues, queue_size);
+        let (reply, file) = self
+            .lock()
+            .get_inflight_fd(&ask)
+            .map_err(refused("GET_INFLIGHT_FD"))?;
+        Inflight::from_reply(&reply, file, queues, queue_size).map_err(FrontendError::Inflight)
+    }
+
+    /// Hands the backend the region to track inflight I/O in
+    /// (SET_INFLIGHT_FD); a restarted backend finds there what its
+    /// predecessor left in flight.
+    pub fn set_inflight(&self, inflight: &Inflight) -> Result<(), FrontendError> {
+        self.lock()
+            .set_inflight_fd(&inflight.message(), inflight.fd())
+            .map_err(refused("SET_INFLIGHT_FD"))?;
+        self.inflight_sent.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// Hands a queue to the backend and enables it.
     pub fn start_vring(&self, v: &VringSetup<'_>) -> Result<(), FrontendError> {
+        // libvhost-user gives up on the device (vu_panic) when a kick fd
+        // arrives before the inflight region.
+        if self.tracks_inflight() && !self.inflight_sent.load(Ordering::Acquire) {
+            return Err(FrontendError::NoInflight(v.index));
+        }
         let mut f = self.lock();
         f.set_vring_num(v.index, v.size)
             .map_err(refused("SET_VRING_NUM"))?;

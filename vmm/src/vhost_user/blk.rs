@@ -8,10 +8,24 @@
 //! and connects again for up to the configured time. It then replays, in
 //! one memory transaction so the map cannot change meanwhile, the whole
 //! memory table, the features and every started ring, each from the used
-//! index in guest memory: requests the old backend took but never
-//! completed are taken again (virtio-blk requests can be repeated). If the
-//! backend does not come back the device sets DEVICE_NEEDS_RESET and the
-//! VMM runs on.
+//! index in guest memory, and kicks every ring once (the guest's last kick
+//! may have died with the old backend). Requests the old backend took but
+//! never completed are taken again (virtio-blk requests can be repeated),
+//! exactly so when it completed them in the order it took them: a backend
+//! that completes out of order can leave one before the used index
+//! unfinished and one after it finished, and resuming at the used index
+//! then loses the first and redoes the second. Only inflight tracking
+//! (below) recovers that. If the backend does not come back the device
+//! sets DEVICE_NEEDS_RESET and the VMM runs on.
+//!
+//! Inflight tracking: a backend that offers INFLIGHT_SHMFD is asked for its
+//! inflight region (GET_INFLIGHT_FD) when the driver first starts the
+//! device; the device keeps the file for its lifetime and hands it over
+//! (SET_INFLIGHT_FD) before any ring starts, on the first start and on
+//! every replay, so a restarted backend finds the requests its predecessor
+//! took and never completed, and submits them again (it then starts each
+//! ring after them, whatever the used index says). A device reset drops
+//! the region, so a new driver starts with a clean one.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,9 +36,10 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_vhost::frontend::VringSetup;
-use vmm_vhost::{apply, BackendConn, FrontendError, MemTable};
+use vmm_vhost::{apply, BackendConn, FrontendError, Inflight, InflightSlot, MemTable};
 
 use super::listener::section;
+use crate::machine::error_chain;
 use crate::memory::dma::DmaView;
 use crate::memory::{AddressSpace, Memory};
 use crate::virtio::blk::TYPE_BLOCK;
@@ -60,11 +75,13 @@ struct Ring {
     call: Arc<EventFd>,
 }
 
-#[derive(Default)]
 struct Rings {
     features: u64,
     started: Vec<Ring>,
     broken: Option<Arc<Broken>>,
+    /// The backend's inflight region, from the driver's first start until
+    /// a device reset.
+    inflight: InflightSlot,
 }
 
 /// What the device and its watcher share.
@@ -77,6 +94,10 @@ struct Shared {
     reconnect: Duration,
     stop: AtomicBool,
     reconnects: AtomicU64,
+    /// Replays that handed a restarted backend the inflight region.
+    inflight_replays: AtomicU64,
+    /// Requests the region held in flight at those replays.
+    resubmitted: AtomicU64,
 }
 
 pub struct VhostUserBlk {
@@ -120,13 +141,20 @@ impl VhostUserBlk {
         let no_vector = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(VhostBlkError::EventFd)?);
         let shared = Arc::new(Shared {
             conn,
-            rings: Mutex::default(),
+            rings: Mutex::new(Rings {
+                features: 0,
+                started: Vec::new(),
+                broken: None,
+                inflight: InflightSlot::new(queues, queue_size),
+            }),
             memory: at.memory,
             space: at.space,
             dma: at.dma,
             reconnect,
             stop: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
+            inflight_replays: AtomicU64::new(0),
+            resubmitted: AtomicU64::new(0),
         });
         let watcher = if reconnect.is_zero() {
             None
@@ -185,6 +213,18 @@ impl Shared {
         self.rings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Hands the backend the device's inflight region before its rings
+    /// start (asking for one first if the device has none).
+    fn hand_inflight<'r>(&self, rings: &'r mut Rings) -> Result<Option<&'r Inflight>, String> {
+        rings.inflight.hand_over(&self.conn).map_err(|e| {
+            format!(
+                "backend {}: {}",
+                self.conn.path().display(),
+                error_chain(&e)
+            )
+        })
+    }
+
     /// Hands `ring` to the backend, starting where the used ring says.
     fn start(&self, ring: &Ring, base: u16) -> Result<(), String> {
         let ram = self.dma.snapshot();
@@ -208,6 +248,25 @@ impl Shared {
             .map_err(|e| format!("backend {}: {e}", self.conn.path().display()))
     }
 
+    /// How many requests of `rings` the inflight region holds (a region it
+    /// cannot read counts none: the backend reads it, not the VMM).
+    fn pending(&self, inflight: &Inflight, rings: &[Ring], used: &[u16]) -> u64 {
+        rings
+            .iter()
+            .zip(used)
+            .map(|(r, &u)| {
+                let q = u16::try_from(r.index).unwrap_or(u16::MAX);
+                inflight.pending(q, u).map_or_else(
+                    |e| {
+                        log::warn!("vhost-user-blk: inflight region of queue {q}: {e}");
+                        0
+                    },
+                    u64::from,
+                )
+            })
+            .sum()
+    }
+
     /// After a reconnect: the whole memory table, the features, every ring.
     fn replay(&self) -> Result<(), String> {
         // An open transaction keeps the map still while it is replayed.
@@ -225,7 +284,7 @@ impl Shared {
         let res = apply(&mut self.conn.sink(), &[], &table.regions())
             .map_err(|e| format!("memory table: {e}"))
             .and_then(|()| {
-                let rings = self.lock();
+                let mut rings = self.lock();
                 if rings.started.is_empty() {
                     return Ok(());
                 }
@@ -233,11 +292,33 @@ impl Shared {
                     .set_features(rings.features)
                     .map_err(|e| e.to_string())?;
                 let ram = self.dma.snapshot();
+                let mut used = Vec::with_capacity(rings.started.len());
                 for ring in &rings.started {
-                    let used: u16 = ram
+                    let u: u16 = ram
                         .read_obj(GuestAddress(ring.gpa[2] + 2))
                         .map_err(|e| format!("used index of queue {}: {e}", ring.index))?;
-                    self.start(ring, used)?;
+                    used.push(u);
+                }
+                let started = rings.started.clone();
+                if let Some(inflight) = self.hand_inflight(&mut rings)? {
+                    let pending = self.pending(inflight, &started, &used);
+                    self.inflight_replays.fetch_add(1, Ordering::Relaxed);
+                    self.resubmitted.fetch_add(pending, Ordering::Relaxed);
+                    log::warn!(
+                        "vhost-user-blk {}: SET_INFLIGHT_FD on replay; {pending} requests were in flight",
+                        self.conn.path().display()
+                    );
+                }
+                for (ring, u) in started.iter().zip(used) {
+                    self.start(ring, u)?;
+                }
+                // The driver's last kick may have gone to the backend that
+                // died: kick every ring once so the new one looks at what
+                // is already queued (a spurious kick is harmless).
+                for ring in &started {
+                    if let Err(e) = ring.kick.write(1) {
+                        log::warn!("vhost-user-blk: kicking queue {}: {e}", ring.index);
+                    }
                 }
                 Ok(())
             });
@@ -345,6 +426,7 @@ impl VirtioDevice for VhostUserBlk {
                 .conn
                 .set_features(a.features)
                 .map_err(|e| e.to_string())?;
+            self.shared.hand_inflight(&mut self.shared.lock())?;
         }
         let mut rings = Vec::new();
         for q in &a.queues {
@@ -374,6 +456,8 @@ impl VirtioDevice for VhostUserBlk {
 
     fn reset(&mut self) {
         self.stop_rings();
+        // A new driver starts with a clean region (a fresh GET_INFLIGHT_FD).
+        self.shared.lock().inflight.clear();
     }
 
     fn shutdown(&mut self) {
@@ -387,11 +471,18 @@ impl VirtioDevice for VhostUserBlk {
 
     fn stats(&self) -> String {
         format!(
-            "backend={} queues={} started={} reconnects={}",
+            "backend={} queues={} started={} reconnects={} inflight={} inflight_replays={} resubmitted={}",
             self.socket().display(),
             self.queues,
             self.shared.lock().started.len(),
-            self.reconnects()
+            self.reconnects(),
+            if self.shared.conn.tracks_inflight() {
+                "on"
+            } else {
+                "off"
+            },
+            self.shared.inflight_replays.load(Ordering::Relaxed),
+            self.shared.resubmitted.load(Ordering::Relaxed),
         )
     }
 }

@@ -6,6 +6,8 @@ pub mod blk;
 pub mod listener;
 
 #[cfg(test)]
+mod blk_tests;
+#[cfg(test)]
 mod listener_tests;
 
 pub use listener::VhostListener;

@@ -84,6 +84,9 @@ pub struct Dev {
     pub vector_base: u8,
     /// Read-back of msix_config and of each queue's vector.
     pub vectors_read: [u16; MAX_QUEUES + 1],
+    /// Completions of heads that had no request pending (a device that
+    /// completed a request twice).
+    pub strays: u32,
 }
 
 impl Dev {
@@ -101,6 +104,7 @@ impl Dev {
             rings: [(0, 0); MAX_QUEUES],
             vector_base,
             vectors_read: [0; MAX_QUEUES + 1],
+            strays: 0,
         }
     }
 

@@ -106,6 +106,8 @@ impl Dev {
                         heads[i] = (usize::MAX, 0);
                         statuses[i] = status;
                         pending -= 1;
+                    } else {
+                        self.strays += 1;
                     }
                 }
             }
