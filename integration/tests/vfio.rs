@@ -17,8 +17,11 @@ use testkit::process::Captured;
 use vmm::machine::{Machine, VfioUserConfig};
 
 const EDU: &str = "edu 00:1f.0";
-const CHECKS: [&str; 7] = [
+const CHECKS: [&str; 10] = [
     "BAR0 assigned and MSI-X found",
+    "ROM BAR sizes to 2 KiB and decodes only when enabled",
+    "expansion ROM reads 55 aa and its pattern",
+    "a write to the ROM changes nothing",
     "registers hold their power-on values",
     "id register reads 0x010000ed",
     "liveness register inverts",

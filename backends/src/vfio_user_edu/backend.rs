@@ -8,7 +8,7 @@ use log::{debug, info, warn};
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
     VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR1_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
-    VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_ROM_REGION_INDEX,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, ServerBackend};
 
@@ -117,6 +117,7 @@ impl ServerBackend for EduBackend {
                 let start = offset as usize;
                 data.copy_from_slice(&state.bar1[start..start + data.len()]);
             }
+            VFIO_PCI_ROM_REGION_INDEX => super::rom::rom_read(offset, data),
             _ => data.fill(0xff),
         }
         Ok(())

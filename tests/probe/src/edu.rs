@@ -2,7 +2,8 @@
 //! vfio-user by `vfio-user-edu`), driven through the virtio driver's PCI
 //! helpers: BARs assigned, MSI-X entry 0 on vector 0x70, then the register
 //! and DMA checks. With `probe=reset` the second boot runs them again on
-//! the reset device. Every check is named `edu BDF ...`.
+//! the reset device. Before MSI-X is on, the expansion ROM through the ROM
+//! BAR. Every check is named `edu BDF ...`.
 //!
 //! DMA buffers live at 48-52 MiB, outside the virtio-blk arena.
 
@@ -10,7 +11,7 @@ use core::fmt::{self, Write};
 
 use crate::blk::mmio::{fence, rd, wr};
 use crate::blk::timer::Deadline;
-use crate::blk::transport::{assign_bars, find_caps, msix_enable, msix_set};
+use crate::blk::transport::{alloc_mmio, assign_bars, find_caps, msix_enable, msix_set};
 use crate::pci::{self, Bdf};
 
 const VENDOR: u16 = 0x1234;
@@ -102,6 +103,7 @@ fn checks(bdf: Bdf, seed: u8) {
     if bars[0] == 0 {
         return;
     }
+    rom(bdf);
     let edu = Edu(bars[0]);
     // A reset device (and a fresh one) has factorial 1 and nothing raised;
     // the first boot leaves 120 and a raised interrupt behind.
@@ -155,6 +157,42 @@ fn checks(bdf: Bdf, seed: u8) {
         refused & STATUS_DMA_ERROR != 0 && after & STATUS_DMA_ERROR == 0,
         format_args!("status {refused:#x}, then {after:#x} for RAM"),
     );
+}
+
+/// Byte `at` of vfio-user-edu's 2 KiB expansion ROM (its `rom_byte`).
+fn rom_byte(at: u64) -> u8 {
+    match at {
+        0 => 0x55,
+        1 => 0xaa,
+        2 => 4,
+        a => (a as u8) ^ ((a >> 8) as u8) ^ 0xed,
+    }
+}
+
+/// The expansion ROM through the ROM BAR (0x30): sized with all ones
+/// (enable clear), placed, decoded only once enabled, read whole, written
+/// to (which must change nothing), then disabled again.
+fn rom(bdf: Bdf) {
+    const ROM_BAR: u8 = 0x30;
+    pci::write_config(bdf, ROM_BAR, !1);
+    let size = u64::from((!(pci::read_config(bdf, ROM_BAR) & !0x7ff)).wrapping_add(1));
+    let base = alloc_mmio(size.max(0x800)).unwrap_or(0);
+    pci::write_config(bdf, ROM_BAR, base as u32);
+    let off = rd::<u32>(base);
+    pci::write_config(bdf, ROM_BAR, base as u32 | 1);
+    let head = rd::<u32>(base);
+    check(bdf, format_args!("ROM BAR sizes to 2 KiB and decodes only when enabled"), size == 0x800 && base != 0 && off == u32::MAX && head != u32::MAX, format_args!("size {size:#x} at {base:#x}, disabled reads {off:#x}, enabled {head:#x}"));
+    if size != 0x800 || base == 0 {
+        return;
+    }
+    let word = |at: u64| u32::from_le_bytes([0, 1, 2, 3].map(|i| rom_byte(at + i)));
+    let bad = (0..size).step_by(4).filter(|&a| rd::<u32>(base + a) != word(a)).count();
+    check(bdf, format_args!("expansion ROM reads 55 aa and its pattern"), head & 0xffff == 0xaa55 && bad == 0, format_args!("first dword {head:#x}, {bad} of 512 dwords differ"));
+    wr::<u32>(base + 8, 0);
+    wr::<u8>(base, 0);
+    let (after0, after8) = (rd::<u32>(base), rd::<u32>(base + 8));
+    check(bdf, format_args!("a write to the ROM changes nothing"), after0 == word(0) && after8 == word(8), format_args!("read {after0:#x} and {after8:#x}"));
+    pci::write_config(bdf, ROM_BAR, base as u32);
 }
 
 /// `probe=dimm`: the edu device DMAs a buffer out of the hot-added DIMM at

@@ -15,6 +15,16 @@ use crate::pci::function::Windows;
 use crate::pci::PciFunction;
 
 const BAR_GPA: u64 = 0x1000_0000;
+const ROM_GPA: u64 = 0x2000_0000;
+
+/// The fake's 2 KiB expansion ROM: the signature, then a pattern.
+fn rom_byte(i: u64) -> u8 {
+    match i {
+        0 => 0x55,
+        1 => 0xaa,
+        _ => (i as u8).wrapping_mul(3),
+    }
+}
 const MSI_CAP: usize = 0x50;
 
 struct Fake {
@@ -46,6 +56,7 @@ impl VfioBackend for Fake {
     fn region(&self, index: u32) -> Option<RegionInfo> {
         let size = match index {
             0 => 0x2000,
+            6 => 0x800,
             7 => 256,
             _ => return None,
         };
@@ -68,6 +79,11 @@ impl VfioBackend for Fake {
             0 => {
                 self.bar.read(offset, data);
             }
+            6 => {
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = rom_byte(offset + i as u64);
+                }
+            }
             _ => data.copy_from_slice(&self.cfg[offset as usize..offset as usize + data.len()]),
         }
         Ok(())
@@ -75,6 +91,12 @@ impl VfioBackend for Fake {
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         if index == 0 {
             self.bar.write(offset, data);
+        }
+        if index == 6 {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("rom write {offset:#x}"));
         }
         Ok(())
     }
@@ -221,4 +243,30 @@ fn vectors_are_handed_over_while_msi_or_msix_is_enabled_and_taken_back_for_reset
     tx.commit().unwrap();
     assert_eq!(rig.calls(), ["irqs 2:0", "reset"]);
     assert_eq!(rig.kind(0), "other", "BAR0 unmapped by the reset");
+}
+
+#[test]
+fn the_rom_bar_is_sized_from_the_rom_region_and_maps_read_only() {
+    let mut rig = Rig::new();
+    rig.cfg_write(0x30, &u32::MAX.to_le_bytes());
+    let mut v = [0u8; 4];
+    rig.f.read(0x30, &mut v);
+    assert_eq!(u32::from_le_bytes(v), 0xffff_f801, "2 KiB, enable writable");
+    let rom_read = |rig: &Rig, at: u64| {
+        let mut b = [0u8; 4];
+        let a = rig.space.read(ROM_GPA + at, &mut b);
+        (b, a)
+    };
+    rig.cfg_write(0x30, &(ROM_GPA as u32).to_le_bytes());
+    assert_ne!(rom_read(&rig, 0).1, Access::Done, "not enabled: not mapped");
+    rig.cfg_write(0x30, &(ROM_GPA as u32 | 1).to_le_bytes());
+    assert_eq!(rom_read(&rig, 0), ([0x55, 0xaa, 6, 9], Access::Done));
+    assert_eq!(rom_read(&rig, 0x7fc).0, [0xf4, 0xf7, 0xfa, 0xfd]);
+    rig.space.write(ROM_GPA, &[0; 4]);
+    assert_eq!(
+        rom_read(&rig, 0).0,
+        [0x55, 0xaa, 6, 9],
+        "a write changes nothing"
+    );
+    assert!(rig.calls().is_empty(), "and never reaches the device");
 }
