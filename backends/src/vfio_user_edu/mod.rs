@@ -6,11 +6,13 @@
 //! (4 KiB, the MSI-X table and PBA, which a client emulates), a 2 KiB
 //! read-only expansion ROM (signature and pattern). Interrupts:
 //! MSI-X with two vectors; vector 0 fires on DMA completion and on writes
-//! to the raise register. DMA goes through the client's DMA_MAP'd memory.
+//! to the raise register; with no MSI-X vector set, INTx (pin A, level,
+//! re-raised on the guest's EOI while still pending; see `intx.rs`). DMA goes through the client's DMA_MAP'd memory.
 
 mod backend;
 mod config;
 mod dma;
+mod intx;
 mod regs;
 mod rom;
 mod server;

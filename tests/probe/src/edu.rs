@@ -3,7 +3,8 @@
 //! helpers: BARs assigned, MSI-X entry 0 on vector 0x70, then the register
 //! and DMA checks. With `probe=reset` the second boot runs them again on
 //! the reset device. Before MSI-X is on, the expansion ROM through the ROM
-//! BAR. Every check is named `edu BDF ...`.
+//! BAR, and INTx through the IOAPIC pin the DSDT's `_PRT` routes the slot's
+//! INTA# to. Every check is named `edu BDF ...`.
 //!
 //! DMA buffers live at 48-52 MiB, outside the virtio-blk arena.
 
@@ -12,11 +13,13 @@ use core::fmt::{self, Write};
 use crate::blk::mmio::{fence, rd, wr};
 use crate::blk::timer::Deadline;
 use crate::blk::transport::{alloc_mmio, assign_bars, find_caps, msix_enable, msix_set};
+use crate::ioapic;
 use crate::pci::{self, Bdf};
 
 const VENDOR: u16 = 0x1234;
 const DEVICE: u16 = 0x11e8;
 const VECTOR: u8 = 0x70;
+const INTX_VECTOR: u8 = 0x74;
 const LAPIC_IRR: u64 = 0xfee0_0200;
 const APIC_SVR: u64 = 0xfee0_00f0;
 const SRC: u64 = 48 << 20;
@@ -118,6 +121,8 @@ fn checks(bdf: Bdf, seed: u8) {
     let fact = edu.r(0x08);
     check(bdf, format_args!("factorial of 5 is 120"), fact == 120, format_args!("read {fact}"));
 
+    intx(bdf, &edu);
+
     if let Some(m) = caps.msix {
         msix_set(&m, 0, VECTOR);
         msix_enable(bdf, &m);
@@ -157,6 +162,46 @@ fn checks(bdf: Bdf, seed: u8) {
         refused & STATUS_DMA_ERROR != 0 && after & STATUS_DMA_ERROR == 0,
         format_args!("status {refused:#x}, then {after:#x} for RAM"),
     );
+}
+
+/// INTx with MSI-X off: the Interrupt Pin and Line registers name INTA#
+/// and the GSI the `_PRT` gives (the VMM's `pci::intx`: GSI 16 + (slot +
+/// pin - 1) mod 8); that IOAPIC pin, programmed level-triggered and active
+/// low, delivers the edu's raise as a vector in the IRR (interrupts are
+/// off, so it stays there) with the entry's remote IRR set; the
+/// acknowledge then clears the device's status (the line itself goes down
+/// at the EOI the probe never sends) and the device carries on.
+fn intx(bdf: Bdf, edu: &Edu) {
+    let reg = pci::read_config(bdf, 0x3c);
+    let (line, pin) = (reg as u8, (reg >> 8) as u8);
+    let want = 16 + (bdf.device + pin.wrapping_sub(1)) % 8;
+    let routed = pin == 1 && line == want;
+    check(bdf, format_args!("INTx is pin A on the _PRT's GSI"), routed, format_args!("pin {pin}, line {line} (want {want})"));
+    if !routed {
+        return;
+    }
+    let gsi = u32::from(line);
+    ioapic::route(gsi, INTX_VECTOR, ioapic::LEVEL | ioapic::ACTIVE_LOW);
+    let before = irr(INTX_VECTOR);
+    edu.w(0x60, 1);
+    let mut deadline = Deadline::after_ms(1000);
+    let mut seen = irr(INTX_VECTOR);
+    while !seen && !deadline.expired() {
+        seen = irr(INTX_VECTOR);
+    }
+    let entry = ioapic::entry(gsi);
+    check(
+        bdf,
+        format_args!("INTx raises vector {INTX_VECTOR:#x} through its IOAPIC pin with MSI-X off"),
+        seen && !before && entry & ioapic::REMOTE_IRR != 0,
+        format_args!("IRR bit {} (before: {}), GSI {gsi} entry {entry:#x}", u8::from(seen), u8::from(before)),
+    );
+    edu.w(0x64, 1);
+    let status = edu.r(0x24);
+    edu.w(0x08, 4);
+    let fact = edu.r(0x08);
+    check(bdf, format_args!("INTx acknowledged and the device carries on"), status == 0 && fact == 24, format_args!("irq status {status:#x}, factorial of 4 {fact}"));
+    ioapic::mask(gsi);
 }
 
 /// Byte `at` of vfio-user-edu's 2 KiB expansion ROM (its `rom_byte`).

@@ -29,6 +29,7 @@ mod dimm;
 mod dirty;
 mod edu;
 mod entry;
+mod ioapic;
 mod mem;
 mod memloop;
 mod memtable;

@@ -323,25 +323,29 @@ impl<R: Routing + 'static> VfioPci<R> {
         }
     }
 
+    /// The device's interrupt pin (1 = INTA# .. 4 = INTD#), if it has INTx.
+    pub fn intx_pin(&self) -> Result<u8, VfioPciError> {
+        let intx_err = |what: String| VfioPciError::Intx(self.name.clone(), what);
+        let mut b = self.lock();
+        if b.irq_count(VFIO_PCI_INTX_IRQ_INDEX) == 0 {
+            return Err(intx_err("the device has no INTx".into()));
+        }
+        let mut pin = [0u8];
+        b.region_read(VFIO_PCI_CONFIG_REGION_INDEX, INTERRUPT_PIN as u64, &mut pin)
+            .map_err(|e| intx_err(format!("reading the interrupt pin: {e}")))?;
+        if !(1..=4).contains(&pin[0]) {
+            return Err(intx_err(format!("interrupt pin {}", pin[0])));
+        }
+        Ok(pin[0])
+    }
+
     /// Wires the device's INTx to IOAPIC pin `gsi` as a level-triggered
     /// irqfd whose resample eventfd (written by KVM on EOI) unmasks INTx
-    /// in the kernel, and shows the pin and line in `f`'s config space.
+    /// in the device, and shows the pin and line in `f`'s config space.
     /// INTx is on while neither MSI nor MSI-X is enabled.
     pub fn wire_intx(&self, f: &mut PciFunction, gsi: u8) -> Result<(), VfioPciError> {
         let intx_err = |what: String| VfioPciError::Intx(self.name.clone(), what);
-        let pin = {
-            let mut b = self.lock();
-            if b.irq_count(VFIO_PCI_INTX_IRQ_INDEX) == 0 {
-                return Err(intx_err("the device has no INTx".into()));
-            }
-            let mut pin = [0u8];
-            b.region_read(VFIO_PCI_CONFIG_REGION_INDEX, INTERRUPT_PIN as u64, &mut pin)
-                .map_err(|e| intx_err(format!("reading the interrupt pin: {e}")))?;
-            pin[0]
-        };
-        if !(1..=4).contains(&pin) {
-            return Err(intx_err(format!("interrupt pin {pin}")));
-        }
+        let pin = self.intx_pin()?;
         let new_fd = || {
             EventFd::new(libc::EFD_NONBLOCK)
                 .map(Arc::new)
