@@ -17,7 +17,7 @@ use testkit::process::Captured;
 use vmm::machine::{Machine, VfioUserConfig};
 
 const EDU: &str = "edu 00:1f.0";
-const CHECKS: [&str; 13] = [
+const CHECKS: [&str; 14] = [
     "BAR0 assigned and MSI-X found",
     "ROM BAR sizes to 2 KiB and decodes only when enabled",
     "expansion ROM reads 55 aa and its pattern",
@@ -27,8 +27,9 @@ const CHECKS: [&str; 13] = [
     "liveness register inverts",
     "factorial of 5 is 120",
     "INTx is pin A on the _PRT's GSI",
-    "INTx raises vector 0x74 through its IOAPIC pin with MSI-X off",
-    "INTx acknowledged and the device carries on",
+    "INTx raises vector 0x84 through its IOAPIC pin with MSI-X off",
+    "INTx is raised again at each EOI until acknowledged",
+    "INTx acknowledged stays down and the device carries on",
     "DMA completion raises MSI-X vector 0x70",
     "DMA round trip RAM to device to RAM",
 ];

@@ -29,6 +29,7 @@ mod dimm;
 mod dirty;
 mod edu;
 mod entry;
+mod intr;
 mod ioapic;
 mod mem;
 mod memloop;
