@@ -44,6 +44,7 @@ impl Fake {
         cfg[0x34] = 0x40;
         cfg[0x40..0x4c].copy_from_slice(&[0x11, 0x50, 1, 0, 0, 0x18, 0, 0, 0, 0x1c, 0, 0]);
         cfg[0x50..0x54].copy_from_slice(&[0x05, 0, 0x80, 0]);
+        cfg[0x3d] = 2; // INTB#
         Fake {
             cfg,
             bar: RamBlock::new_memfd("fake-bar0", 0x2000).unwrap(),
@@ -103,6 +104,18 @@ impl VfioBackend for Fake {
     fn set_irq_eventfds(&mut self, index: u32, fds: &[RawFd]) -> Result<(), BackendError> {
         let mut c = self.calls.lock().unwrap();
         c.push(format!("irqs {index}:{}", fds.len()));
+        Ok(())
+    }
+    fn set_irq_unmask_eventfd(
+        &mut self,
+        index: u32,
+        fd: Option<RawFd>,
+    ) -> Result<(), BackendError> {
+        let what = if fd.is_some() { "fd" } else { "none" };
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("unmask {index}:{what}"));
         Ok(())
     }
     fn reset(&mut self) -> Result<(), BackendError> {
@@ -269,4 +282,36 @@ fn the_rom_bar_is_sized_from_the_rom_region_and_maps_read_only() {
         "a write changes nothing"
     );
     assert!(rig.calls().is_empty(), "and never reaches the device");
+}
+
+#[test]
+fn intx_wired_shows_pin_and_line_and_yields_to_msi() {
+    let mut rig = Rig::new();
+    assert_eq!(rig.dev.intx_pin().unwrap(), 2, "the device's pin");
+    let mut v = [0u8; 2];
+    rig.f.read(0x3c, &mut v);
+    assert_eq!(v, [0, 0], "no pin shown before wiring");
+    rig.dev.wire_intx(&mut rig.f, 19).unwrap();
+    rig.f.read(0x3c, &mut v);
+    assert_eq!(v, [19, 2], "line 19, pin B");
+    assert!(rig.dev.intx().is_some());
+    assert_eq!(rig.calls(), ["irqs 0:1", "unmask 0:fd"]);
+    rig.cfg_write(MSI_CAP + 2, &1u16.to_le_bytes());
+    assert_eq!(rig.calls(), ["irqs 0:0", "irqs 1:1"], "INTx off first");
+    rig.cfg_write(MSI_CAP + 2, &0u16.to_le_bytes());
+    assert_eq!(rig.calls(), ["irqs 1:0", "irqs 0:1", "unmask 0:fd"]);
+
+    let tx = rig.mem.begin();
+    let win = Windows {
+        mem: &rig.root,
+        io: &rig.io,
+    };
+    rig.f.reset(&tx, &win).unwrap();
+    tx.commit().unwrap();
+    rig.f.read(0x3c, &mut v);
+    assert_eq!(v, [19, 2], "a reset keeps the wiring");
+    assert_eq!(
+        rig.calls(),
+        ["irqs 0:0", "reset", "irqs 0:1", "unmask 0:fd"]
+    );
 }
