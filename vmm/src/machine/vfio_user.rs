@@ -87,16 +87,22 @@ impl Machine {
 /// another device's INTx already holds, goes without (its Interrupt Pin
 /// reads 0, so the OS looks for no INTx), with a log line.
 pub(super) fn wire_intx(dev: &VfioPci<KvmRouting>, f: &mut PciFunction, slot: u8) {
-    let wired = dev.intx_pin().and_then(|pin| {
-        let gsi = intx::gsi(slot, pin).unwrap_or(0);
-        dev.wire_intx(f, gsi).map(|()| (pin, gsi))
-    });
-    match wired {
-        Ok((pin, gsi)) => log::info!(
+    let pin = match dev.intx_pin() {
+        Ok(pin) => pin,
+        Err(e) => return log::info!("{}; no INTx", chain(&e)),
+    };
+    let Some(gsi) = intx::gsi(slot, pin) else {
+        return log::warn!(
+            "{}: slot {slot} pin {pin} has no GSI; INTx left off",
+            dev.name()
+        );
+    };
+    match dev.wire_intx(f, gsi) {
+        Ok(()) => log::info!(
             "{}: INTx pin {} on GSI {gsi}",
             dev.name(),
             char::from(b'A' + pin - 1)
         ),
-        Err(e) => log::info!("{}; INTx left off", chain(&e)),
+        Err(e) => log::warn!("{}; INTx left off", chain(&e)),
     }
 }
