@@ -115,19 +115,28 @@ fn memloop(atomic: bool) -> Memloop {
 
 #[test]
 fn memslot_updates_are_atomic_for_a_running_vcpu() {
-    let (res, out, switches, on_ram, boots) = memloop(true);
-    eprintln!("{out}\n{switches} PAM switches, {on_ram} RAM exits, {boots} boots");
-    assert_eq!(boots, 1, "the guest faulted and rebooted");
+    // A loaded host starves the toggler while the guest loops: run again
+    // (each run must pass on its own) until the switches add up.
+    let mut total = 0;
+    for _ in 0..5 {
+        let (res, out, switches, on_ram, boots) = memloop(true);
+        eprintln!("{switches} PAM switches, {on_ram} RAM exits, {boots} boots");
+        assert_eq!(boots, 1, "the guest faulted and rebooted\n{out}");
+        assert_eq!(res, Ok(0), "{out}");
+        assert!(
+            out.contains("ok") && out.contains("memloop: every read returned"),
+            "{out}"
+        );
+        assert_eq!(on_ram, 0, "a vCPU found guest RAM without a memslot");
+        total += switches;
+        if total > 100 {
+            break;
+        }
+    }
     assert!(
-        switches > 100,
-        "too few switches ({switches}) to mean anything"
+        total > 100,
+        "too few switches ({total} in 5 runs) to mean anything"
     );
-    assert_eq!(res, Ok(0), "{out}");
-    assert!(
-        out.contains("ok") && out.contains("memloop: every read returned"),
-        "{out}"
-    );
-    assert_eq!(on_ram, 0, "a vCPU found guest RAM without a memslot");
 }
 
 #[test]

@@ -17,12 +17,19 @@ use testkit::process::Captured;
 use vmm::machine::{Machine, VfioUserConfig};
 
 const EDU: &str = "edu 00:1f.0";
-const CHECKS: [&str; 7] = [
+const CHECKS: [&str; 14] = [
     "BAR0 assigned and MSI-X found",
+    "ROM BAR sizes to 2 KiB and decodes only when enabled",
+    "expansion ROM reads 55 aa and its pattern",
+    "a write to the ROM changes nothing",
     "registers hold their power-on values",
     "id register reads 0x010000ed",
     "liveness register inverts",
     "factorial of 5 is 120",
+    "INTx is pin A on the _PRT's GSI",
+    "INTx raises vector 0x84 through its IOAPIC pin with MSI-X off",
+    "INTx is raised again at each EOI until acknowledged",
+    "INTx acknowledged stays down and the device carries on",
     "DMA completion raises MSI-X vector 0x70",
     "DMA round trip RAM to device to RAM",
 ];

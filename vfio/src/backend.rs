@@ -61,4 +61,5 @@ pub trait VfioBackend: Send {
 pub use vfio_bindings::bindings::vfio::{
     VFIO_PCI_CONFIG_REGION_INDEX as CONFIG_REGION, VFIO_PCI_INTX_IRQ_INDEX as INTX_IRQ,
     VFIO_PCI_MSIX_IRQ_INDEX as MSIX_IRQ, VFIO_PCI_MSI_IRQ_INDEX as MSI_IRQ,
+    VFIO_PCI_ROM_REGION_INDEX as ROM_REGION,
 };

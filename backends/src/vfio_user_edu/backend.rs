@@ -6,14 +6,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, info, warn};
 use vfio_bindings::bindings::vfio::{
-    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR1_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
-    VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD,
+    VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR1_REGION_INDEX,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_ROM_REGION_INDEX,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, ServerBackend};
 
 use super::config::{EduConfig, BAR1_SIZE, MSIX_VECTORS};
 use super::dma::DmaMappings;
+use super::intx::{self, Intx};
 use super::regs::{EduHost, EduRegs, BAR0_SIZE};
 
 /// Everything the device holds; shared with the signal thread that dumps
@@ -26,6 +28,7 @@ pub struct EduState {
     dma: DmaMappings,
     /// One eventfd per MSI-X vector, as the client set them.
     vectors: Vec<Option<File>>,
+    intx: Intx,
 }
 
 impl EduState {
@@ -33,6 +36,22 @@ impl EduState {
         self.config = EduConfig::default();
         self.regs = EduRegs::default();
         self.bar1 = vec![0; BAR1_SIZE as usize];
+    }
+
+    pub(super) fn intx_generation(&self) -> u64 {
+        self.intx.generation
+    }
+
+    /// The guest's EOI lowered INTx: up again if still pending (and MSI-X
+    /// has not taken over).
+    pub(super) fn resample(&self) {
+        if self.regs.irq_status() != 0 && self.msix_vector0().is_none() {
+            self.intx.raise();
+        }
+    }
+
+    fn msix_vector0(&self) -> Option<&File> {
+        self.vectors.first().and_then(Option::as_ref)
     }
 
     /// The DMA mappings as `dma iova=0x.. size=0x..` lines.
@@ -45,10 +64,12 @@ impl EduState {
     }
 }
 
-/// Client memory and vector 0's eventfd, as the registers see them.
+/// Client memory and the interrupt (MSI-X vector 0's eventfd if the
+/// client set one, else INTx), as the registers see them.
 struct Host<'a> {
     dma: &'a DmaMappings,
     irq: Option<&'a File>,
+    intx: &'a Intx,
 }
 
 impl EduHost for Host<'_> {
@@ -65,7 +86,7 @@ impl EduHost for Host<'_> {
                     warn!("edu: signalling MSI-X vector 0: {e}");
                 }
             }
-            None => debug!("edu: interrupt with no eventfd for MSI-X vector 0"),
+            None => self.intx.raise(),
         }
     }
 }
@@ -94,6 +115,8 @@ impl EduBackend {
         let mut state = self.lock();
         state.dma.clear();
         state.vectors.clear();
+        state.intx.trigger = None;
+        state.intx.generation += 1;
         state.power_on();
     }
 }
@@ -117,6 +140,7 @@ impl ServerBackend for EduBackend {
                 let start = offset as usize;
                 data.copy_from_slice(&state.bar1[start..start + data.len()]);
             }
+            VFIO_PCI_ROM_REGION_INDEX => super::rom::rom_read(offset, data),
             _ => data.fill(0xff),
         }
         Ok(())
@@ -132,6 +156,7 @@ impl ServerBackend for EduBackend {
                 let mut host = Host {
                     dma: &state.dma,
                     irq: state.vectors.first().and_then(Option::as_ref),
+                    intx: &state.intx,
                 };
                 state.regs.write(offset, data, &mut host);
             }
@@ -189,8 +214,13 @@ impl ServerBackend for EduBackend {
         count: u32,
         fds: Vec<File>,
     ) -> Result<(), Error> {
+        if index == VFIO_PCI_INTX_IRQ_INDEX {
+            return self.set_intx(flags, start, count, fds);
+        }
         if index != VFIO_PCI_MSIX_IRQ_INDEX {
-            return Err(invalid(format!("irq index {index} is not MSI-X (2)")));
+            return Err(invalid(format!(
+                "irq index {index} is not INTx (0) or MSI-X (2)"
+            )));
         }
         if flags & VFIO_IRQ_SET_ACTION_TRIGGER == 0 {
             return Err(invalid(format!("SET_IRQS flags {flags:#x}: only TRIGGER")));
@@ -212,6 +242,59 @@ impl ServerBackend for EduBackend {
             }
         }
         info!("edu: MSI-X vectors {start}..{end} set ({flags:#x})");
+        Ok(())
+    }
+}
+
+impl EduBackend {
+    /// SET_IRQS on INTx: the trigger eventfd (none: INTx off), or the
+    /// unmask eventfd whose writes (the guest's EOIs) re-raise a pending
+    /// interrupt, or an unmask now.
+    fn set_intx(
+        &mut self,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<File>,
+    ) -> Result<(), Error> {
+        if start != 0 || count > 1 {
+            return Err(invalid(format!("INTx has one vector, not {start}+{count}")));
+        }
+        let eventfd = flags & VFIO_IRQ_SET_DATA_EVENTFD != 0;
+        let fd = fds.into_iter().next();
+        if eventfd && count == 1 && fd.is_none() {
+            return Err(invalid("INTx eventfd missing".into()));
+        }
+        let mut state = self.lock();
+        if flags & VFIO_IRQ_SET_ACTION_TRIGGER != 0 {
+            state.intx.trigger = if eventfd { fd } else { None };
+            info!(
+                "edu: INTx trigger {}",
+                if state.intx.trigger.is_some() {
+                    "set"
+                } else {
+                    "removed"
+                }
+            );
+        } else if flags & VFIO_IRQ_SET_ACTION_UNMASK != 0 {
+            state.intx.generation += 1;
+            match fd {
+                Some(fd) if eventfd => {
+                    let (backend, generation) = (self.clone(), state.intx.generation);
+                    std::thread::Builder::new()
+                        .name("edu-intx".into())
+                        .spawn(move || intx::watch(backend, fd, generation))
+                        .map_err(|e| invalid(format!("starting the INTx watcher: {e}")))?;
+                    info!("edu: INTx unmask eventfd set");
+                }
+                _ if flags & VFIO_IRQ_SET_DATA_NONE != 0 && count == 1 => state.resample(),
+                _ => info!("edu: INTx unmask eventfd removed"),
+            }
+        } else {
+            return Err(invalid(format!(
+                "INTx SET_IRQS flags {flags:#x}: only TRIGGER or UNMASK"
+            )));
+        }
         Ok(())
     }
 }

@@ -37,7 +37,7 @@ impl Default for EduConfig {
         put(0x2c, &0x1af4u16.to_le_bytes()); // subsystem vendor (QEMU's)
         put(0x2e, &0x1100u16.to_le_bytes());
         put(0x34, &[MSIX_CAP as u8]);
-        put(0x3d, &[0]); // no INTx pin
+        put(0x3d, &[1]); // INTx on pin A
                          // MSI-X: id 0x11, end of list, table size N-1, table and PBA in BAR1.
         put(MSIX_CAP, &[0x11, 0x00]);
         put(MSIX_CAP + 2, &(MSIX_VECTORS - 1).to_le_bytes());

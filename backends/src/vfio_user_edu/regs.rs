@@ -93,6 +93,12 @@ impl EduRegs {
         }
     }
 
+    /// The interrupt status register: nonzero while an interrupt is raised
+    /// and not acknowledged.
+    pub fn irq_status(&self) -> u32 {
+        self.irq_status
+    }
+
     /// The register containing `offset`: its base and value.
     fn reg(&self, offset: u64) -> Option<(u64, u64)> {
         let base = if offset >= 0x80 {

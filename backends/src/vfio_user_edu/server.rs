@@ -9,16 +9,17 @@ use std::path::{Path, PathBuf};
 
 use log::{info, warn};
 use vfio_bindings::bindings::vfio::{
-    vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE, VFIO_PCI_BAR0_REGION_INDEX,
-    VFIO_PCI_BAR1_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE,
+    vfio_region_info, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE, VFIO_IRQ_INFO_NORESIZE,
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR1_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
+    VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS,
+    VFIO_PCI_ROM_REGION_INDEX, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_user::{IrqInfo, Server, ServerRegion};
 
 use super::backend::EduBackend;
 use super::config::{BAR1_SIZE, CONFIG_SIZE, MSIX_VECTORS};
 use super::regs::BAR0_SIZE;
+use super::rom::ROM_SIZE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EduServerError {
@@ -45,10 +46,13 @@ fn regions() -> Vec<ServerRegion> {
                 VFIO_PCI_BAR0_REGION_INDEX => BAR0_SIZE,
                 VFIO_PCI_BAR1_REGION_INDEX => BAR1_SIZE,
                 VFIO_PCI_CONFIG_REGION_INDEX => CONFIG_SIZE as u64,
+                VFIO_PCI_ROM_REGION_INDEX => ROM_SIZE,
                 _ => 0,
             };
             let flags = if size == 0 {
                 0
+            } else if index == VFIO_PCI_ROM_REGION_INDEX {
+                VFIO_REGION_INFO_FLAG_READ
             } else {
                 VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
             };
@@ -74,6 +78,11 @@ fn irqs() -> Vec<IrqInfo> {
                 index,
                 flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
                 count: u32::from(MSIX_VECTORS),
+            },
+            VFIO_PCI_INTX_IRQ_INDEX => IrqInfo {
+                index,
+                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE,
+                count: 1,
             },
             _ => IrqInfo {
                 index,

@@ -2,7 +2,9 @@
 //! vfio-user by `vfio-user-edu`), driven through the virtio driver's PCI
 //! helpers: BARs assigned, MSI-X entry 0 on vector 0x70, then the register
 //! and DMA checks. With `probe=reset` the second boot runs them again on
-//! the reset device. Every check is named `edu BDF ...`.
+//! the reset device. Before MSI-X is on, the expansion ROM through the ROM
+//! BAR, and INTx through the IOAPIC pin the DSDT's `_PRT` routes the slot's
+//! INTA# to. Every check is named `edu BDF ...`.
 //!
 //! DMA buffers live at 48-52 MiB, outside the virtio-blk arena.
 
@@ -10,12 +12,15 @@ use core::fmt::{self, Write};
 
 use crate::blk::mmio::{fence, rd, wr};
 use crate::blk::timer::Deadline;
-use crate::blk::transport::{assign_bars, find_caps, msix_enable, msix_set};
+use crate::blk::transport::{alloc_mmio, assign_bars, find_caps, msix_enable, msix_set};
+use crate::{intr, ioapic};
 use crate::pci::{self, Bdf};
 
 const VENDOR: u16 = 0x1234;
 const DEVICE: u16 = 0x11e8;
 const VECTOR: u8 = 0x70;
+/// Above the other checks' vectors (all below 0x80), for `intr::window`.
+const INTX_VECTOR: u8 = intr::COUNTED;
 const LAPIC_IRR: u64 = 0xfee0_0200;
 const APIC_SVR: u64 = 0xfee0_00f0;
 const SRC: u64 = 48 << 20;
@@ -102,6 +107,7 @@ fn checks(bdf: Bdf, seed: u8) {
     if bars[0] == 0 {
         return;
     }
+    rom(bdf);
     let edu = Edu(bars[0]);
     // A reset device (and a fresh one) has factorial 1 and nothing raised;
     // the first boot leaves 120 and a raised interrupt behind.
@@ -115,6 +121,8 @@ fn checks(bdf: Bdf, seed: u8) {
     edu.w(0x08, 5);
     let fact = edu.r(0x08);
     check(bdf, format_args!("factorial of 5 is 120"), fact == 120, format_args!("read {fact}"));
+
+    intx(bdf, &edu);
 
     if let Some(m) = caps.msix {
         msix_set(&m, 0, VECTOR);
@@ -155,6 +163,92 @@ fn checks(bdf: Bdf, seed: u8) {
         refused & STATUS_DMA_ERROR != 0 && after & STATUS_DMA_ERROR == 0,
         format_args!("status {refused:#x}, then {after:#x} for RAM"),
     );
+}
+
+/// INTx with MSI-X off: the Interrupt Pin and Line registers name INTA#
+/// and the GSI the `_PRT` gives (the VMM's `pci::intx`: GSI 16 + (slot +
+/// pin - 1) mod 8); that IOAPIC pin, programmed level-triggered and active
+/// low, delivers the edu's raise as a vector in the IRR with the entry's
+/// remote IRR set. Taken (the gate EOIs), it comes back while the device
+/// still has it pending: KVM's resample eventfd reached the server, which
+/// raised it again. Acknowledged in the device, it stays down after the
+/// next EOI, and the device carries on.
+fn intx(bdf: Bdf, edu: &Edu) {
+    let reg = pci::read_config(bdf, 0x3c);
+    let (line, pin) = (reg as u8, (reg >> 8) as u8);
+    let want = 16 + (bdf.device + pin.wrapping_sub(1)) % 8;
+    let routed = pin == 1 && line == want;
+    check(bdf, format_args!("INTx is pin A on the _PRT's GSI"), routed, format_args!("pin {pin}, line {line} (want {want})"));
+    if !routed {
+        return;
+    }
+    let gsi = u32::from(line);
+    ioapic::route(gsi, INTX_VECTOR, ioapic::LEVEL | ioapic::ACTIVE_LOW);
+    let before = irr(INTX_VECTOR);
+    edu.w(0x60, 1);
+    let mut deadline = Deadline::after_ms(1000);
+    let mut seen = irr(INTX_VECTOR);
+    while !seen && !deadline.expired() {
+        seen = irr(INTX_VECTOR);
+    }
+    let entry = ioapic::entry(gsi);
+    check(
+        bdf,
+        format_args!("INTx raises vector {INTX_VECTOR:#x} through its IOAPIC pin with MSI-X off"),
+        seen && !before && entry & ioapic::REMOTE_IRR != 0,
+        format_args!("IRR bit {} (before: {}), GSI {gsi} entry {entry:#x}", u8::from(seen), u8::from(before)),
+    );
+    let again = intr::window(1000, |n| n >= 3);
+    check(bdf, format_args!("INTx is raised again at each EOI until acknowledged"), again >= 3, format_args!("taken {again} times in the window"));
+    edu.w(0x64, 1);
+    let drained = intr::window(200, |_| false);
+    let after = intr::window(200, |_| false);
+    let (status, pending) = (edu.r(0x24), irr(INTX_VECTOR));
+    edu.w(0x08, 4);
+    let fact = edu.r(0x08);
+    check(
+        bdf,
+        format_args!("INTx acknowledged stays down and the device carries on"),
+        drained <= 1 && after == 0 && !pending && status == 0 && fact == 24,
+        format_args!("taken {drained} then {after} times, IRR bit {}, irq status {status:#x}, factorial of 4 {fact}", u8::from(pending)),
+    );
+    ioapic::mask(gsi);
+}
+
+/// Byte `at` of vfio-user-edu's 2 KiB expansion ROM (its `rom_byte`).
+fn rom_byte(at: u64) -> u8 {
+    match at {
+        0 => 0x55,
+        1 => 0xaa,
+        2 => 4,
+        a => (a as u8) ^ ((a >> 8) as u8) ^ 0xed,
+    }
+}
+
+/// The expansion ROM through the ROM BAR (0x30): sized with all ones
+/// (enable clear), placed, decoded only once enabled, read whole, written
+/// to (which must change nothing), then disabled again.
+fn rom(bdf: Bdf) {
+    const ROM_BAR: u8 = 0x30;
+    pci::write_config(bdf, ROM_BAR, !1);
+    let size = u64::from((!(pci::read_config(bdf, ROM_BAR) & !0x7ff)).wrapping_add(1));
+    let base = alloc_mmio(size.max(0x800)).unwrap_or(0);
+    pci::write_config(bdf, ROM_BAR, base as u32);
+    let off = rd::<u32>(base);
+    pci::write_config(bdf, ROM_BAR, base as u32 | 1);
+    let head = rd::<u32>(base);
+    check(bdf, format_args!("ROM BAR sizes to 2 KiB and decodes only when enabled"), size == 0x800 && base != 0 && off == u32::MAX && head != u32::MAX, format_args!("size {size:#x} at {base:#x}, disabled reads {off:#x}, enabled {head:#x}"));
+    if size != 0x800 || base == 0 {
+        return;
+    }
+    let word = |at: u64| u32::from_le_bytes([0, 1, 2, 3].map(|i| rom_byte(at + i)));
+    let bad = (0..size).step_by(4).filter(|&a| rd::<u32>(base + a) != word(a)).count();
+    check(bdf, format_args!("expansion ROM reads 55 aa and its pattern"), head & 0xffff == 0xaa55 && bad == 0, format_args!("first dword {head:#x}, {bad} of 512 dwords differ"));
+    wr::<u32>(base + 8, 0);
+    wr::<u8>(base, 0);
+    let (after0, after8) = (rd::<u32>(base), rd::<u32>(base + 8));
+    check(bdf, format_args!("a write to the ROM changes nothing"), after0 == word(0) && after8 == word(8), format_args!("read {after0:#x} and {after8:#x}"));
+    pci::write_config(bdf, ROM_BAR, base as u32);
 }
 
 /// `probe=dimm`: the edu device DMAs a buffer out of the hot-added DIMM at

@@ -5,7 +5,11 @@
 //! identity paging, interrupts off, RSI = boot_params), `_start`:
 //! 1. loads its own GDT (kernel code/data, user data/code, a TSS) and an IDT
 //!    whose 32 exception gates report `0x100 | vector` on the debug-exit
-//!    port, so a fault ends the run with a recognisable status;
+//!    port, so a fault ends the run with a recognisable status, except
+//!    #BP: `int3` (its gate open to ring 3) toggles IF for ring 3, where
+//!    `sti`/`cli` fault under PVM (hardware IOPL 0); vector 0x84
+//!    (`intr::COUNTED`) counts the interrupt in `interrupts_taken` and EOIs
+//!    the local APIC; every other vector's gate is not present;
 //! 2. enables SSE (CR0.MP, CR4.OSFXSR/OSXMMEXCPT) for compiled ring-3 code;
 //! 3. switches to its own page tables: an identity map of the first 8 GiB
 //!    in 2 MiB pages, all user-accessible, the GiB below 4 GiB (PCI hole, IOAPIC,
@@ -137,6 +141,15 @@ _start:
     add $16, %rdi
     dec %ecx
     jnz 2b
+    /* #BP (DPL 3) toggles IF for ring 3; vector 0x84 counts. */
+    lea idt + 3 * 16(%rip), %rdi
+    lea if_toggle_stub(%rip), %rax
+    mov $0xee00, %ecx
+    call set_gate
+    lea idt + 0x84 * 16(%rip), %rdi
+    lea counted_stub(%rip), %rax
+    mov $0x8e00, %ecx
+    call set_gate
     lidt idt_pointer(%rip)
 
     /* SSE for compiled code: CR0.MP on, EM and TS off; CR4.OSFXSR, OSXMMEXCPT. */
@@ -205,6 +218,36 @@ exception_stubs:
     .set vector, vector + 1
     .endr
 
+    /* The interrupt gate at %rdi for the handler at %rax, type and DPL
+       in %ecx (0x8e00: ring 0 only; 0xee00: ring 3 may raise it). */
+set_gate:
+    mov %eax, %edx
+    and $0xffff, %edx
+    or $(KERNEL_CS << 16), %edx
+    mov %edx, (%rdi)
+    mov %eax, %edx
+    and $0xffff0000, %edx
+    or %ecx, %edx
+    mov %edx, 4(%rdi)
+    shr $32, %rax
+    mov %rax, 8(%rdi)
+    ret
+
+    /* int3: back to the caller with IF flipped (RFLAGS is 16 bytes into
+       the frame). */
+if_toggle_stub:
+    xorq $0x200, 16(%rsp)
+    iretq
+
+    /* Vector 0x84: count it, EOI the local APIC, return. */
+counted_stub:
+    push %rax
+    lock incl interrupts_taken(%rip)
+    mov $0xfee000b0, %eax
+    movl $0, (%rax)
+    pop %rax
+    iretq
+
 exception_common:
     pop %rax
     or $0x100, %eax
@@ -215,6 +258,11 @@ exception_common:
     jmp 3b
 
     .section .data, "aw"
+    .balign 4
+    .global interrupts_taken
+interrupts_taken:               /* vector 0x84 taken, by counted_stub */
+    .long 0
+
     .balign 16
 gdt:
     .quad 0                     /* 0x00 null */
@@ -235,7 +283,7 @@ gdt_pointer:
     .balign 16
     .word 0
 idt_pointer:
-    .word 32 * 16 - 1
+    .word 256 * 16 - 1
     .quad idt
 
     /* One 104-byte TSS per CPU (rsp0 and the bitmap offset filled in by
@@ -278,7 +326,7 @@ pd:
     .section .bss, "aw", @nobits
     .balign 4096
 idt:
-    .skip 32 * 16
+    .skip 256 * 16
     .balign 4096
 user_stack:
     .skip 64 * 1024

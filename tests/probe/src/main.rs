@@ -29,6 +29,8 @@ mod dimm;
 mod dirty;
 mod edu;
 mod entry;
+mod intr;
+mod ioapic;
 mod mem;
 mod memloop;
 mod memtable;

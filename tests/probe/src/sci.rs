@@ -5,28 +5,21 @@
 
 use crate::blk::mmio::{rd, wr};
 use crate::blk::timer::Deadline;
+use crate::ioapic;
 use crate::port::outb;
 
-const IOAPIC: u64 = 0xfec0_0000;
 const LAPIC_IRR: u64 = 0xfee0_0200;
 const APIC_SVR: u64 = 0xfee0_00f0;
 const SCI_PIN: u32 = 9;
-const LEVEL: u32 = 1 << 15;
 pub const VECTOR: u8 = 0x72;
 /// GPE0 status (write 1 to clear) and, 2 bytes on, enable.
 pub const GPE0: u16 = 0xafe0;
-
-fn ioapic_write(index: u32, value: u32) {
-    wr::<u32>(IOAPIC, index);
-    wr::<u32>(IOAPIC + 0x10, value);
-}
 
 /// Routes pin 9 to [`VECTOR`] on APIC 0 and enables the GPE0 `bits`.
 pub fn route(gpe_bits: u8) {
     // KVM drops fixed interrupts to a software-disabled local APIC.
     wr::<u32>(APIC_SVR, 0x1ff);
-    ioapic_write(0x11 + 2 * SCI_PIN, 0);
-    ioapic_write(0x10 + 2 * SCI_PIN, u32::from(VECTOR) | LEVEL);
+    ioapic::route(SCI_PIN, VECTOR, ioapic::LEVEL);
     outb(GPE0 + 2, gpe_bits);
 }
 
@@ -49,5 +42,5 @@ pub fn wait(ms: u64) -> bool {
 /// Masks pin 9 again and disables GPE0.
 pub fn unroute() {
     outb(GPE0 + 2, 0);
-    ioapic_write(0x10 + 2 * SCI_PIN, 1 << 16);
+    ioapic::mask(SCI_PIN);
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_FLAGS_PCI, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD,
-    VFIO_IRQ_SET_DATA_NONE,
+    VFIO_DEVICE_FLAGS_PCI, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK,
+    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
 };
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -294,6 +294,27 @@ impl VfioBackend for UserClient {
             .u32(0)
             .u32(count);
         self.call(wire::DEVICE_SET_IRQS, &body.0, fds)?;
+        Ok(())
+    }
+
+    /// SET_IRQS with ACTION_UNMASK and the eventfd, as VFIO_DEVICE_SET_IRQS
+    /// takes it (the vfio-user protocol carries VFIO's flags unchanged);
+    /// `None` sends no eventfd (count 0), which our server takes as
+    /// removing it.
+    fn set_irq_unmask_eventfd(
+        &mut self,
+        index: u32,
+        fd: Option<RawFd>,
+    ) -> Result<(), BackendError> {
+        let fds: Vec<RawFd> = fd.into_iter().collect();
+        let flags = VFIO_IRQ_SET_ACTION_UNMASK | VFIO_IRQ_SET_DATA_EVENTFD;
+        let body = Writer::default()
+            .u32(20)
+            .u32(flags)
+            .u32(index)
+            .u32(0)
+            .u32(fds.len() as u32);
+        self.call(wire::DEVICE_SET_IRQS, &body.0, &fds)?;
         Ok(())
     }
 

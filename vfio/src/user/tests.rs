@@ -280,3 +280,37 @@ fn dma_map_passes_the_file_and_its_offset() {
     file.read_exact(&mut seen).unwrap();
     assert_eq!(&seen, b"seen", "the server wrote through the file it got");
 }
+
+#[test]
+fn the_intx_unmask_eventfd_goes_with_set_irqs_unmask() {
+    let (path, t) = serve(|s| {
+        handshake(s);
+        let mut raw = [0u8; HEADER_SIZE + 20];
+        let (n, fd) = s.recv_with_fd(&mut raw).unwrap();
+        assert_eq!(n, raw.len());
+        let h = Header::decode(raw[..HEADER_SIZE].try_into().unwrap());
+        assert_eq!(h.command, wire::DEVICE_SET_IRQS);
+        let mut r = Reader(&raw[HEADER_SIZE..]);
+        let fields = (r.u32(), r.u32(), r.u32(), r.u32(), r.u32());
+        // argsz, ACTION_UNMASK | DATA_EVENTFD, INTx, start 0, one eventfd.
+        assert_eq!(fields, (Some(20), Some(0x14), Some(0), Some(0), Some(1)));
+        let mut f = fd.expect("the unmask eventfd");
+        f.write_all(&7u64.to_ne_bytes()).unwrap();
+        reply(s, &h, 0, 0, &[]);
+    });
+    let mut c = connect(&path);
+    // SAFETY: eventfd takes no pointers; the result is checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
+    assert!(fd >= 0);
+    // SAFETY: a fresh descriptor nothing else owns.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    c.set_irq_unmask_eventfd(0, Some(file.as_raw_fd())).unwrap();
+    t.join().unwrap();
+    let mut count = [0u8; 8];
+    file.read_exact(&mut count).unwrap();
+    assert_eq!(
+        u64::from_ne_bytes(count),
+        7,
+        "the server signalled the eventfd it got"
+    );
+}

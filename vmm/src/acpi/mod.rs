@@ -1,7 +1,8 @@
 //! ACPI tables for the PC machine, built with `acpi_tables`: RSDP, XSDT,
 //! FADT (PM1 block, PM timer, SCI 9, reset register 0xcf9), MADT (a local
 //! APIC per vCPU, the IOAPIC, ISA overrides, LINT1 NMI) and a DSDT with the
-//! PCI root bridge and its windows, COM1, and \_S5.
+//! PCI root bridge, its windows and its INTx routing (`_PRT`), COM1, and
+//! \_S5.
 //!
 //! Tables live in a range of low RAM that e820 reports as ACPI data
 //! (`TABLES_START`); the RSDP is at its start and its address also goes
@@ -11,7 +12,7 @@
 
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Name, Package,
-    ResourceTemplate, Scope, IO,
+    PackageBuilder, ResourceTemplate, Scope, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace as GasSpace, GAS};
@@ -98,6 +99,23 @@ fn gas_io(port: u16, width_bits: u8, access: AccessSize) -> GAS {
     GAS::new(GasSpace::SystemIo, width_bits, 0, access, u64::from(port))
 }
 
+/// The root bus's `_PRT`: every slot's INTA#..INTD# on its IOAPIC GSI
+/// (`pci::intx`). Source 0 makes the last field a GSI, which ACPI takes as
+/// level-triggered, active low and shareable, as PCI interrupts are.
+fn prt() -> Name {
+    let mut table = PackageBuilder::new();
+    for slot in 0..32u8 {
+        for pin in 1..=4u8 {
+            let Some(gsi) = crate::pci::intx::gsi(slot, pin) else {
+                continue;
+            };
+            let (addr, index, gsi) = (u32::from(slot) << 16 | 0xffff, pin - 1, u32::from(gsi));
+            table.add_element(&Package::new(vec![&addr, &index, &aml::ZERO, &gsi]));
+        }
+    }
+    Name::new("_PRT".into(), &table)
+}
+
 fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     let cache = AddressSpaceCacheable::NotCacheable;
     let hole = AddressSpace::new_memory(
@@ -123,7 +141,8 @@ fn dsdt(cfg: &AcpiConfig) -> Vec<u8> {
     let bbn = Name::new("_BBN".into(), &aml::ZERO);
     let uid = Name::new("_UID".into(), &aml::ZERO);
     let crs_name = Name::new("_CRS".into(), &crs);
-    let pci0 = Device::new("PCI0".into(), vec![&hid, &adr, &bbn, &uid, &crs_name]);
+    let prt = prt();
+    let pci0 = Device::new("PCI0".into(), vec![&hid, &adr, &bbn, &uid, &crs_name, &prt]);
 
     let com1_io = IO::new(0x3f8, 0x3f8, 0, 8);
     let com1_irq = Interrupt::new(true, true, false, false, 4);

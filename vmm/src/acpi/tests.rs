@@ -168,3 +168,45 @@ fn memory_hotplug_aml_and_srat_disassemble_as_qemus_do() {
     assert_eq!(u32_at(&fadt, 80), 0xafe0, "GPE0_BLK");
     assert_eq!(fadt[92], 4, "GPE0_BLK_LEN");
 }
+
+#[test]
+fn the_prt_routes_every_slots_intx_to_gsis_16_to_23_rotated_by_slot() {
+    let (pieces, _) = tables(1);
+    let dsdt = pieces
+        .iter()
+        .find(|(_, b)| &b[..4] == b"DSDT")
+        .map(|(_, b)| b.clone())
+        .expect("a DSDT");
+    let dsl = disassemble("prt", &dsdt);
+    let flat: String = dsl.split_whitespace().collect();
+    let (_, prt) = flat
+        .split_once("Name(_PRT,Package(0x80)")
+        .unwrap_or_else(|| panic!("no 128-entry _PRT in:\n{dsl}"));
+    let value = |v: &str| match v {
+        "Zero" => 0,
+        "One" => 1,
+        _ => u32::from_str_radix(v.trim_start_matches("0x"), 16).expect(v),
+    };
+    let entries: Vec<[u32; 4]> = prt
+        .split("Package(0x04){")
+        .skip(1)
+        .take(128)
+        .map(|e| {
+            let fields: Vec<u32> = e.split('}').next().unwrap().split(',').map(value).collect();
+            fields.try_into().expect("four fields")
+        })
+        .collect();
+    assert_eq!(entries.len(), 128);
+    for slot in 0..32u32 {
+        for pin in 0..4u32 {
+            let want = [slot << 16 | 0xffff, pin, 0, 16 + (slot + pin) % 8];
+            assert!(entries.contains(&want), "no {want:x?} in {entries:x?}");
+        }
+    }
+    assert!(entries.contains(&[0x1f_ffff, 0, 0, 0x17]), "slot 31 INTA#");
+    assert!(entries.contains(&[0x1f_ffff, 1, 0, 0x10]), "slot 31 INTB#");
+    let pci0 = dsl.find("Device (PCI0)").expect("PCI0");
+    let at = dsl.find("Name (_PRT").expect("_PRT");
+    let com1 = dsl.find("Device (COM1)").expect("COM1");
+    assert!(pci0 < at && at < com1, "the _PRT is PCI0's");
+}

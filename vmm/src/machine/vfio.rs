@@ -64,7 +64,8 @@ impl Machine {
         let backend: Arc<Mutex<dyn VfioBackend>> = Arc::new(Mutex::new(dev));
         let added = VfioPci::new(&name, backend, self.router.clone(), &self.memory)
             .map_err(|e| chain(&e))
-            .and_then(|(dev, f)| {
+            .and_then(|(dev, mut f)| {
+                super::vfio_user::wire_intx(&dev, &mut f, slot);
                 self.pci.add(slot, 0, f).map_err(|e| chain(&e))?;
                 Ok(dev)
             });

@@ -12,6 +12,7 @@ use vmm_vfio::{DmaRules, UserClient, UserDma, VfioBackend};
 use super::error_chain as chain;
 use super::pc::{Machine, MachineError};
 use crate::interrupt::KvmRouting;
+use crate::pci::{intx, PciFunction};
 use crate::vfio::{VfioListener, VfioPci};
 
 /// vfio-user and kernel VFIO devices take slots from the top down, so they
@@ -69,7 +70,8 @@ impl Machine {
         let backend: Arc<Mutex<dyn VfioBackend>> = client;
         let added = VfioPci::new(&name, backend, self.router.clone(), &self.memory)
             .map_err(|e| chain(&e))
-            .and_then(|(dev, f)| {
+            .and_then(|(dev, mut f)| {
+                wire_intx(&dev, &mut f, slot);
                 self.pci.add(slot, 0, f).map_err(|e| chain(&e))?;
                 Ok(dev)
             });
@@ -77,5 +79,30 @@ impl Machine {
             self.memory.unregister_listener(&self.pc.memory, id);
             bad(e)
         })
+    }
+}
+
+/// Wires a passed-through device's INTx to its slot's GSI (`pci::intx`,
+/// as the DSDT's `_PRT` says). A device without INTx, or whose GSI
+/// another device's INTx already holds, goes without (its Interrupt Pin
+/// reads 0, so the OS looks for no INTx), with a log line.
+pub(super) fn wire_intx(dev: &VfioPci<KvmRouting>, f: &mut PciFunction, slot: u8) {
+    let pin = match dev.intx_pin() {
+        Ok(pin) => pin,
+        Err(e) => return log::info!("{}; no INTx", chain(&e)),
+    };
+    let Some(gsi) = intx::gsi(slot, pin) else {
+        return log::warn!(
+            "{}: slot {slot} pin {pin} has no GSI; INTx left off",
+            dev.name()
+        );
+    };
+    match dev.wire_intx(f, gsi) {
+        Ok(()) => log::info!(
+            "{}: INTx pin {} on GSI {gsi}",
+            dev.name(),
+            char::from(b'A' + pin - 1)
+        ),
+        Err(e) => log::warn!("{}; INTx left off", chain(&e)),
     }
 }

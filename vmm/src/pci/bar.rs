@@ -1,11 +1,16 @@
 //! Base address registers: sizing through the write masks, and mapping the
 //! BAR's region where the guest put it when decoding is on.
 //!
+//! The expansion ROM BAR (0x30, [`BarKind::Rom`], index [`ROM_INDEX`]) is
+//! a 32-bit memory BAR that decodes only while its enable bit (bit 0) and
+//! the command register's memory bit are both set; its size is at least
+//! 2 KiB.
+//!
 //! Where a BAR is mapped is read from its region, not kept on the side: if
 //! a listener refuses the transaction, the rollback restores the tree and
 //! with it the truth about the BAR.
 
-use super::config::{ConfigSpace, BAR0, CMD_IO, CMD_MEMORY, COMMAND};
+use super::config::{ConfigSpace, BAR0, CMD_IO, CMD_MEMORY, COMMAND, ROM_BAR, ROM_ENABLE};
 use crate::memory::{MemoryError, MemoryRegion, Transaction};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,7 +18,14 @@ pub enum BarKind {
     Io,
     Mem32,
     Mem64,
+    /// The expansion ROM (config 0x30); always index [`ROM_INDEX`].
+    Rom,
 }
+
+/// The index a ROM BAR goes by (VFIO's `VFIO_PCI_ROM_REGION_INDEX` too).
+pub const ROM_INDEX: usize = 6;
+/// The smallest ROM BAR: address bits 11 and up.
+pub const ROM_MIN: u64 = 0x800;
 
 #[derive(Clone, Debug)]
 pub struct Bar {
@@ -26,7 +38,10 @@ pub struct Bar {
 
 impl Bar {
     pub fn offset(&self) -> usize {
-        BAR0 + self.index * 4
+        match self.kind {
+            BarKind::Rom => ROM_BAR,
+            _ => BAR0 + self.index * 4,
+        }
     }
 
     /// The flag bits in the low dword.
@@ -35,6 +50,7 @@ impl Bar {
             BarKind::Io => 1,
             BarKind::Mem32 => u32::from(self.prefetchable) << 3,
             BarKind::Mem64 => 0b100 | u32::from(self.prefetchable) << 3,
+            BarKind::Rom => 0,
         }
     }
 
@@ -42,13 +58,13 @@ impl Bar {
     /// below the size are read-only zero.
     pub fn install(&self, cfg: &mut ConfigSpace) {
         let mask = !(self.size - 1);
-        let low_fixed = if self.kind == BarKind::Io {
-            0b11
-        } else {
-            0b1111
+        let writable = match self.kind {
+            BarKind::Io => (mask as u32) & !0b11,
+            BarKind::Rom => ((mask as u32) & !(ROM_MIN as u32 - 1)) | ROM_ENABLE,
+            _ => (mask as u32) & !0b1111,
         };
         cfg.set_u32(self.offset(), self.flags());
-        cfg.set_writable(self.offset(), &((mask as u32) & !low_fixed).to_le_bytes());
+        cfg.set_writable(self.offset(), &writable.to_le_bytes());
         if self.kind == BarKind::Mem64 {
             cfg.set_u32(self.offset() + 4, 0);
             cfg.set_writable(self.offset() + 4, &((mask >> 32) as u32).to_le_bytes());
@@ -68,10 +84,13 @@ impl Bar {
                 let high = u64::from(cfg.u32(self.offset() + 4));
                 (high << 32 | (low & !0b1111), u64::MAX)
             }
+            BarKind::Rom if cmd & CMD_MEMORY != 0 && low & u64::from(ROM_ENABLE) != 0 => {
+                (low & !(ROM_MIN - 1), 1 << 32)
+            }
             _ => return None,
         };
         let end = addr.checked_add(self.size)?;
-        // A 32-bit BAR reaching the last byte below 4 GiB is how sizing
+        // A 32-bit BAR (or ROM) reaching the last byte below 4 GiB is how sizing
         // leaves it: treat as unmapped, as QEMU does.
         if addr == 0 || end >= limit {
             return None;

@@ -13,6 +13,7 @@ pub const CLASS_PROG: usize = 0x09;
 pub const HEADER_TYPE: usize = 0x0e;
 pub const BAR0: usize = 0x10;
 pub const SUBSYSTEM_VENDOR_ID: usize = 0x2c;
+pub const ROM_BAR: usize = 0x30;
 pub const CAPABILITIES: usize = 0x34;
 pub const INTERRUPT_LINE: usize = 0x3c;
 
@@ -21,6 +22,8 @@ pub const CMD_IO: u16 = 1 << 0;
 pub const CMD_MEMORY: u16 = 1 << 1;
 pub const CMD_BUS_MASTER: u16 = 1 << 2;
 pub const CMD_INTX_DISABLE: u16 = 1 << 10;
+/// The ROM BAR's address decode enable.
+pub const ROM_ENABLE: u32 = 1;
 /// Status: a capability list is present.
 pub const STATUS_CAP_LIST: u16 = 1 << 4;
 

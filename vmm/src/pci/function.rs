@@ -1,8 +1,8 @@
 //! One PCI function: its configuration space, its BARs, and the device
 //! behind it.
 
-use super::bar::{Bar, BarKind};
-use super::config::{ConfigSpace, BAR0, COMMAND, INTERRUPT_LINE};
+use super::bar::{Bar, BarKind, ROM_INDEX, ROM_MIN};
+use super::config::{ConfigSpace, BAR0, COMMAND, INTERRUPT_LINE, ROM_BAR};
 use super::PciError;
 use crate::memory::{MemoryError, MemoryRegion, Transaction};
 
@@ -53,7 +53,8 @@ impl PciFunction {
     }
 
     /// Adds BAR `index` backed by `region` (its size is the BAR's, a power
-    /// of two: at least 16 bytes for memory, 4 for I/O).
+    /// of two: at least 16 bytes for memory, 4 for I/O, 2 KiB for the ROM,
+    /// which is [`BarKind::Rom`] at index [`ROM_INDEX`]).
     pub fn add_bar(
         &mut self,
         index: usize,
@@ -62,14 +63,24 @@ impl PciFunction {
         region: MemoryRegion,
     ) -> Result<(), PciError> {
         let size = region.size();
-        let min = if kind == BarKind::Io { 4 } else { 16 };
+        let min = match kind {
+            BarKind::Io => 4,
+            BarKind::Rom => ROM_MIN,
+            _ => 16,
+        };
         let slots = if kind == BarKind::Mem64 { 2 } else { 1 };
+        let rom_ok = (kind == BarKind::Rom) == (index == ROM_INDEX);
         let taken = self
             .bars
             .iter()
             .any(|b| b.index == index || (b.kind == BarKind::Mem64 && b.index + 1 == index))
             || (slots == 2 && self.bars.iter().any(|b| b.index == index + 1));
-        if index + slots > 6 || taken || !size.is_power_of_two() || size < min {
+        let limit = if kind == BarKind::Rom {
+            ROM_INDEX + 1
+        } else {
+            6
+        };
+        if !rom_ok || index + slots > limit || taken || !size.is_power_of_two() || size < min {
             return Err(PciError::BadBar {
                 function: self.name.clone(),
                 index,
@@ -118,7 +129,8 @@ impl PciFunction {
         let changed = self.cfg.write(off, data);
         let end = off + data.len();
         let touches = |lo: usize, hi: usize| off < hi && lo < end;
-        if changed && (touches(COMMAND, COMMAND + 2) || touches(BAR0, BAR0 + 24)) {
+        let bars = touches(BAR0, BAR0 + 24) || touches(ROM_BAR, ROM_BAR + 4);
+        if changed && (touches(COMMAND, COMMAND + 2) || bars) {
             self.update_bars(tx, win)?;
         }
         self.dev.config_written(tx, &self.cfg, off, data.len());

@@ -11,6 +11,7 @@ pub mod bus;
 pub mod config;
 pub mod function;
 pub mod i440fx;
+pub mod intx;
 
 #[cfg(test)]
 mod tests;

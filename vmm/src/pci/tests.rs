@@ -42,6 +42,8 @@ fn rig() -> Rig {
     dev.add_bar(2, BarKind::Mem64, true, r("bar2", 0x10_0000))
         .unwrap();
     dev.add_bar(4, BarKind::Io, false, r("bar4", 0x20)).unwrap();
+    dev.add_bar(6, BarKind::Rom, false, r("rom", 0x1000))
+        .unwrap();
     bus.add(3, 0, dev).unwrap();
     let resets = Arc::new(AtomicU32::new(0));
     let r2 = resets.clone();
@@ -162,6 +164,45 @@ fn pam_registers_through_config_space_switch_the_legacy_window() {
     r.write(0, 0, 0x58, 0xffff_ffff);
     assert_eq!(r.read(0, 0, 0x58), 0x3333_3000);
     assert_eq!(r.commits(), 2, "one transaction per config write");
+}
+
+#[test]
+fn the_rom_bar_sizes_and_decodes_only_while_enabled_with_memory_on() {
+    let r = rig();
+    assert_eq!(r.read(3, 0, 0x30), 0, "off and unplaced at power-on");
+    r.write(3, 0, 0x30, !1);
+    assert_eq!(r.read(3, 0, 0x30), 0xffff_f000, "4 KiB, enable clear");
+    r.write(3, 0, 0x30, u32::MAX);
+    assert_eq!(r.read(3, 0, 0x30), 0xffff_f001);
+    r.write(3, 0, 4, 0x2);
+    assert_ne!(
+        r.at(0xffff_f000).as_deref(),
+        Some("rom"),
+        "sizing leaves it unmapped"
+    );
+    r.write(3, 0, 0x30, 0xfd00_0000);
+    assert!(r.at(0xfd00_0000).is_none(), "not enabled");
+    r.commits();
+    r.write(3, 0, 0x30, 0xfd00_0001);
+    assert_eq!(r.commits(), 1);
+    assert_eq!(r.at(0xfd00_0000).as_deref(), Some("rom"));
+    assert_eq!(r.at(0xfd00_0fff).as_deref(), Some("rom"));
+    r.write(3, 0, 4, 0);
+    assert!(r.at(0xfd00_0000).is_none(), "memory decode off");
+    r.write(3, 0, 4, 0x2);
+    r.write(3, 0, 0x30, 0xfd00_0000);
+    assert!(r.at(0xfd00_0000).is_none(), "enable cleared");
+
+    // A ROM anywhere but index 6, or anything else at 6, is refused.
+    let mut f = PciFunction::new("x", ConfigSpace::new(1, 2, 0, 0), Box::new(TestDevice));
+    let reg = |size| MemoryRegion::io("r", size, Arc::new(NopOps));
+    assert!(f.add_bar(0, BarKind::Rom, false, reg(0x800)).is_err());
+    assert!(f.add_bar(6, BarKind::Mem32, false, reg(0x800)).is_err());
+    assert!(
+        f.add_bar(6, BarKind::Rom, false, reg(0x400)).is_err(),
+        "under 2 KiB"
+    );
+    assert!(f.add_bar(6, BarKind::Rom, false, reg(0x800)).is_ok());
 }
 
 #[test]

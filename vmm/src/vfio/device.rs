@@ -8,9 +8,11 @@
 //! register writes are passed on. The parts of a BAR the backend can mmap
 //! become RAM-device regions (KVM maps them into the guest: no exits); the
 //! rest is trapped and forwarded, except the MSI-X table and PBA, emulated
-//! here over everything. While MSI or MSI-X is enabled, each vector's
-//! eventfd (the irqfd KVM injects from) is handed to the device with
-//! SET_IRQS, so device interrupts never pass through us.
+//! here over everything. The expansion ROM, if the device has one, is a
+//! read-only ROM BAR: reads forwarded to the ROM region, writes dropped.
+//! While MSI or MSI-X is enabled, each vector's eventfd (the irqfd KVM
+//! injects from) is handed to the device with SET_IRQS, so device
+//! interrupts never pass through us.
 //!
 //! A backend that fails (peer died, garbage, timeout) makes the device
 //! read all ones and drop writes, with one warning; the VMM carries on.
@@ -23,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_vfio::backend::{
     CONFIG_REGION as VFIO_PCI_CONFIG_REGION_INDEX, INTX_IRQ as VFIO_PCI_INTX_IRQ_INDEX,
+    ROM_REGION as VFIO_PCI_ROM_REGION_INDEX,
 };
 use vmm_vfio::{BackendError, VfioBackend};
 
@@ -32,6 +35,7 @@ use crate::interrupt::{GsiRouter, MsiVectors, MsixConfig, MsixTable, Routing};
 use crate::memory::{
     Memory, MemoryError, MemoryRegion, RamBlock, RamError, RegionOps, Transaction,
 };
+use crate::pci::bar::{ROM_INDEX, ROM_MIN};
 use crate::pci::config::{COMMAND, INTERRUPT_LINE, SIZE as CONFIG_SIZE};
 use crate::pci::{BarKind, ConfigSpace, PciDevice, PciFunction};
 
@@ -62,6 +66,8 @@ pub enum VfioPciError {
 /// The largest BAR believed from a backend (its size is rounded up to a
 /// power of two).
 const MAX_BAR: u64 = 1 << 48;
+/// The largest expansion ROM believed (PCI allows 16 MiB).
+const MAX_ROM: u64 = 16 << 20;
 
 /// INTx's IOAPIC pin, trigger and resample eventfds.
 struct IntxLine {
@@ -168,6 +174,23 @@ impl<R: Routing + 'static> VfioPci<R> {
         for (index, kind, prefetchable, region) in bars {
             f.add_bar(index, kind, prefetchable, region)?;
         }
+        let rom = dev
+            .lock()
+            .region(VFIO_PCI_ROM_REGION_INDEX)
+            .map_or(0, |r| r.size);
+        if rom > MAX_ROM {
+            log::warn!("{name}: expansion ROM of {rom:#x} bytes left out (too large)");
+        } else if rom > 0 {
+            let ops = Arc::new(BarOps {
+                dev: dev.clone(),
+                index: VFIO_PCI_ROM_REGION_INDEX,
+                size: rom,
+                read_only: true,
+            });
+            let size = rom.next_power_of_two().max(ROM_MIN);
+            let region = MemoryRegion::io(&format!("{name}-rom"), size, ops);
+            f.add_bar(ROM_INDEX, BarKind::Rom, false, region)?;
+        }
         Ok((dev, f))
     }
 
@@ -186,6 +209,7 @@ impl<R: Routing + 'static> VfioPci<R> {
             dev: self.clone(),
             index: index as u32,
             size,
+            read_only: false,
         });
         let forward = MemoryRegion::io(&format!("{}-bar{index}", self.name), bar_size, ops);
         let mmaps = if memory_bar {
@@ -299,25 +323,29 @@ impl<R: Routing + 'static> VfioPci<R> {
         }
     }
 
+    /// The device's interrupt pin (1 = INTA# .. 4 = INTD#), if it has INTx.
+    pub fn intx_pin(&self) -> Result<u8, VfioPciError> {
+        let intx_err = |what: String| VfioPciError::Intx(self.name.clone(), what);
+        let mut b = self.lock();
+        if b.irq_count(VFIO_PCI_INTX_IRQ_INDEX) == 0 {
+            return Err(intx_err("the device has no INTx".into()));
+        }
+        let mut pin = [0u8];
+        b.region_read(VFIO_PCI_CONFIG_REGION_INDEX, INTERRUPT_PIN as u64, &mut pin)
+            .map_err(|e| intx_err(format!("reading the interrupt pin: {e}")))?;
+        if !(1..=4).contains(&pin[0]) {
+            return Err(intx_err(format!("interrupt pin {}", pin[0])));
+        }
+        Ok(pin[0])
+    }
+
     /// Wires the device's INTx to IOAPIC pin `gsi` as a level-triggered
     /// irqfd whose resample eventfd (written by KVM on EOI) unmasks INTx
-    /// in the kernel, and shows the pin and line in `f`'s config space.
+    /// in the device, and shows the pin and line in `f`'s config space.
     /// INTx is on while neither MSI nor MSI-X is enabled.
     pub fn wire_intx(&self, f: &mut PciFunction, gsi: u8) -> Result<(), VfioPciError> {
         let intx_err = |what: String| VfioPciError::Intx(self.name.clone(), what);
-        let pin = {
-            let mut b = self.lock();
-            if b.irq_count(VFIO_PCI_INTX_IRQ_INDEX) == 0 {
-                return Err(intx_err("the device has no INTx".into()));
-            }
-            let mut pin = [0u8];
-            b.region_read(VFIO_PCI_CONFIG_REGION_INDEX, INTERRUPT_PIN as u64, &mut pin)
-                .map_err(|e| intx_err(format!("reading the interrupt pin: {e}")))?;
-            pin[0]
-        };
-        if !(1..=4).contains(&pin) {
-            return Err(intx_err(format!("interrupt pin {pin}")));
-        }
+        let pin = self.intx_pin()?;
         let new_fd = || {
             EventFd::new(libc::EFD_NONBLOCK)
                 .map(Arc::new)
@@ -392,11 +420,13 @@ impl<R: Routing + 'static> VfioPci<R> {
     }
 }
 
-/// A BAR's accesses, forwarded to the device's region.
+/// A BAR's accesses, forwarded to the device's region (a read-only one,
+/// the ROM, drops writes).
 struct BarOps<R: Routing> {
     dev: Arc<VfioPci<R>>,
     index: u32,
     size: u64,
+    read_only: bool,
 }
 
 impl<R: Routing> Drop for VfioPci<R> {
@@ -426,7 +456,7 @@ impl<R: Routing + 'static> RegionOps for BarOps<R> {
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
-        if self.dev.failed() || offset + data.len() as u64 > self.size {
+        if self.read_only || self.dev.failed() || offset + data.len() as u64 > self.size {
             return;
         }
         self.dev.traps.fetch_add(1, Ordering::Relaxed);

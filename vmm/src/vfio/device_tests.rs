@@ -15,6 +15,16 @@ use crate::pci::function::Windows;
 use crate::pci::PciFunction;
 
 const BAR_GPA: u64 = 0x1000_0000;
+const ROM_GPA: u64 = 0x2000_0000;
+
+/// The fake's 2 KiB expansion ROM: the signature, then a pattern.
+fn rom_byte(i: u64) -> u8 {
+    match i {
+        0 => 0x55,
+        1 => 0xaa,
+        _ => (i as u8).wrapping_mul(3),
+    }
+}
 const MSI_CAP: usize = 0x50;
 
 struct Fake {
@@ -34,6 +44,7 @@ impl Fake {
         cfg[0x34] = 0x40;
         cfg[0x40..0x4c].copy_from_slice(&[0x11, 0x50, 1, 0, 0, 0x18, 0, 0, 0, 0x1c, 0, 0]);
         cfg[0x50..0x54].copy_from_slice(&[0x05, 0, 0x80, 0]);
+        cfg[0x3d] = 2; // INTB#
         Fake {
             cfg,
             bar: RamBlock::new_memfd("fake-bar0", 0x2000).unwrap(),
@@ -46,6 +57,7 @@ impl VfioBackend for Fake {
     fn region(&self, index: u32) -> Option<RegionInfo> {
         let size = match index {
             0 => 0x2000,
+            6 => 0x800,
             7 => 256,
             _ => return None,
         };
@@ -68,6 +80,11 @@ impl VfioBackend for Fake {
             0 => {
                 self.bar.read(offset, data);
             }
+            6 => {
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = rom_byte(offset + i as u64);
+                }
+            }
             _ => data.copy_from_slice(&self.cfg[offset as usize..offset as usize + data.len()]),
         }
         Ok(())
@@ -76,11 +93,29 @@ impl VfioBackend for Fake {
         if index == 0 {
             self.bar.write(offset, data);
         }
+        if index == 6 {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("rom write {offset:#x}"));
+        }
         Ok(())
     }
     fn set_irq_eventfds(&mut self, index: u32, fds: &[RawFd]) -> Result<(), BackendError> {
         let mut c = self.calls.lock().unwrap();
         c.push(format!("irqs {index}:{}", fds.len()));
+        Ok(())
+    }
+    fn set_irq_unmask_eventfd(
+        &mut self,
+        index: u32,
+        fd: Option<RawFd>,
+    ) -> Result<(), BackendError> {
+        let what = if fd.is_some() { "fd" } else { "none" };
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("unmask {index}:{what}"));
         Ok(())
     }
     fn reset(&mut self) -> Result<(), BackendError> {
@@ -221,4 +256,62 @@ fn vectors_are_handed_over_while_msi_or_msix_is_enabled_and_taken_back_for_reset
     tx.commit().unwrap();
     assert_eq!(rig.calls(), ["irqs 2:0", "reset"]);
     assert_eq!(rig.kind(0), "other", "BAR0 unmapped by the reset");
+}
+
+#[test]
+fn the_rom_bar_is_sized_from_the_rom_region_and_maps_read_only() {
+    let mut rig = Rig::new();
+    rig.cfg_write(0x30, &u32::MAX.to_le_bytes());
+    let mut v = [0u8; 4];
+    rig.f.read(0x30, &mut v);
+    assert_eq!(u32::from_le_bytes(v), 0xffff_f801, "2 KiB, enable writable");
+    let rom_read = |rig: &Rig, at: u64| {
+        let mut b = [0u8; 4];
+        let a = rig.space.read(ROM_GPA + at, &mut b);
+        (b, a)
+    };
+    rig.cfg_write(0x30, &(ROM_GPA as u32).to_le_bytes());
+    assert_ne!(rom_read(&rig, 0).1, Access::Done, "not enabled: not mapped");
+    rig.cfg_write(0x30, &(ROM_GPA as u32 | 1).to_le_bytes());
+    assert_eq!(rom_read(&rig, 0), ([0x55, 0xaa, 6, 9], Access::Done));
+    assert_eq!(rom_read(&rig, 0x7fc).0, [0xf4, 0xf7, 0xfa, 0xfd]);
+    rig.space.write(ROM_GPA, &[0; 4]);
+    assert_eq!(
+        rom_read(&rig, 0).0,
+        [0x55, 0xaa, 6, 9],
+        "a write changes nothing"
+    );
+    assert!(rig.calls().is_empty(), "and never reaches the device");
+}
+
+#[test]
+fn intx_wired_shows_pin_and_line_and_yields_to_msi() {
+    let mut rig = Rig::new();
+    assert_eq!(rig.dev.intx_pin().unwrap(), 2, "the device's pin");
+    let mut v = [0u8; 2];
+    rig.f.read(0x3c, &mut v);
+    assert_eq!(v, [0, 0], "no pin shown before wiring");
+    rig.dev.wire_intx(&mut rig.f, 19).unwrap();
+    rig.f.read(0x3c, &mut v);
+    assert_eq!(v, [19, 2], "line 19, pin B");
+    assert!(rig.dev.intx().is_some());
+    assert_eq!(rig.calls(), ["irqs 0:1", "unmask 0:fd"]);
+    rig.cfg_write(MSI_CAP + 2, &1u16.to_le_bytes());
+    assert_eq!(rig.calls(), ["irqs 0:0", "irqs 1:1"], "INTx off first");
+    rig.cfg_write(MSI_CAP + 2, &0u16.to_le_bytes());
+    assert_eq!(rig.calls(), ["irqs 1:0", "irqs 0:1", "unmask 0:fd"]);
+
+    let tx = rig.mem.begin();
+    let win = Windows {
+        mem: &rig.root,
+        io: &rig.io,
+    };
+    rig.f.reset(&tx, &win).unwrap();
+    tx.commit().unwrap();
+    rig.f.read(0x3c, &mut v);
+    assert_eq!(v, [19, 2], "a reset keeps the wiring");
+    assert_eq!(
+        rig.calls(),
+        ["irqs 0:0", "reset", "irqs 0:1", "unmask 0:fd"]
+    );
 }

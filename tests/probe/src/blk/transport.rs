@@ -70,6 +70,17 @@ fn cfg16(bdf: Bdf, off: u8) -> u16 {
     (read_config(bdf, off) >> ((off & 2) * 8)) as u16
 }
 
+/// `size` bytes of the MMIO window, naturally aligned (at least 4 KiB).
+pub fn alloc_mmio(size: u64) -> Option<u64> {
+    let align = size.max(4096);
+    let base = NEXT_MMIO.load(Ordering::Relaxed).div_ceil(align) * align;
+    if base + size > MMIO_LIMIT {
+        return None;
+    }
+    NEXT_MMIO.store(base + size, Ordering::Relaxed);
+    Some(base)
+}
+
 /// Sizes the BARs and places the memory ones naturally aligned (at least
 /// 4 KiB) in the MMIO window; 64-bit BARs get a zero high dword. Enables
 /// memory space and bus mastering. Returns each BAR's base (0: none).
@@ -80,12 +91,7 @@ pub fn assign_bars(bdf: Bdf) -> Result<[u64; 6], &'static str> {
         if io || size == 0 || !size.is_power_of_two() {
             continue;
         }
-        let align = size.max(4096);
-        let base = NEXT_MMIO.load(Ordering::Relaxed).div_ceil(align) * align;
-        if base + size > MMIO_LIMIT {
-            return Err("MMIO window exhausted");
-        }
-        NEXT_MMIO.store(base + size, Ordering::Relaxed);
+        let base = alloc_mmio(size).ok_or("MMIO window exhausted")?;
         let off = 0x10 + i * 4;
         let wide = (read_config(bdf, off) >> 1) & 3 == 2;
         write_config(bdf, off, base as u32);
