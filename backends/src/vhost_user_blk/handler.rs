@@ -63,6 +63,9 @@ pub struct Handler {
     /// The frontend's dirty log, once it sent one: regions added later
     /// log into it from their first write.
     log: Option<Arc<LogMap>>,
+    /// The request being handled expects a reply (a value, not an ack),
+    /// which a refusal leaves unsent.
+    replying: bool,
 }
 
 fn req(e: impl std::fmt::Display) -> Error {
@@ -101,7 +104,14 @@ impl Handler {
             acked_protocol: 0,
             inflight: None,
             log: None,
+            replying: false,
         })
+    }
+
+    /// Whether the request last handled expected a reply; clears it. A
+    /// refused one left the frontend waiting: the connection must end.
+    pub fn take_replying(&mut self) -> bool {
+        std::mem::take(&mut self.replying)
     }
 
     fn queue(&self, index: u32) -> Result<&Arc<Queue>> {
@@ -343,6 +353,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn get_vring_base(&mut self, index: u32) -> Result<VhostUserVringState> {
+        self.replying = true;
         let queue = self.queue(index)?.clone();
         {
             // Waits for the worker's batch in progress.
@@ -423,6 +434,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn get_inflight_fd(&mut self, msg: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        self.replying = true;
         let (queues, size) = (msg.num_queues, msg.queue_size);
         if usize::from(queues) > self.queues.len()
             || usize::from(size) > self.backend.max_queue_size()
@@ -516,6 +528,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> Result<()> {
+        self.replying = true;
         let map = Arc::new(
             LogMap::new(&file, log.mmap_offset, log.mmap_size).map_err(Error::ReqHandlerError)?,
         );

@@ -98,17 +98,19 @@ pub fn serve_late(
         };
         info!("Frontend connected");
         let end = loop {
-            match conn.handle_request() {
+            let res = conn.handle_request();
+            let replying = handler
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take_replying();
+            match res {
                 Ok(()) => {}
-                // A request the handler refused (answered with a NACK under
-                // REPLY_ACK): the message was read whole, serving goes on.
-                Err(
-                    e @ (VhostUserError::ReqHandlerError(_)
-                    | VhostUserError::InvalidParam
-                    | VhostUserError::InvalidOperation(_)
-                    | VhostUserError::InactiveFeature(_)
-                    | VhostUserError::InactiveOperation(_)),
-                ) => {
+                // A request the handler refused that expects no more than
+                // an ack (a NACK under REPLY_ACK, such as a memory table
+                // out of slots): the message was read whole, serving goes
+                // on. Any other error may leave the frontend waiting for a
+                // reply: the connection ends.
+                Err(e @ VhostUserError::ReqHandlerError(_)) if !replying => {
                     if LOG.allow() {
                         warn!("Refused a frontend request: {e}");
                     }
