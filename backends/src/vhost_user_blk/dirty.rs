@@ -142,10 +142,14 @@ impl Bitmap for DirtyLog {
         }
         let start = self.offset.saturating_add(offset) as u64;
         let end = start.saturating_add(len as u64).min(log.len);
-        let mut at = start - start % PAGE;
-        while at < end {
-            log.map.set(log.gpa.saturating_add(at) / PAGE);
-            at += PAGE;
+        if start >= end {
+            return;
+        }
+        // Guest pages, from the guest addresses of the first and last byte.
+        let first = log.gpa.saturating_add(start) / PAGE;
+        let last = log.gpa.saturating_add(end - 1) / PAGE;
+        for page in first..=last {
+            log.map.set(page);
         }
     }
 
@@ -192,6 +196,24 @@ mod tests {
             .filter(|&p| log[p / 8] & (1 << (p % 8)) != 0)
             .collect();
         assert_eq!(set, vec![0x101, 0x102]);
+    }
+
+    #[test]
+    fn pages_are_guest_pages_in_a_region_not_page_aligned() {
+        let mem: GuestMemoryMmap<DirtyLog> =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0x800), 0x4000)]).unwrap();
+        let file = tempfile();
+        file.set_len(64).unwrap();
+        let map = Arc::new(LogMap::new(&file, 0, 64).unwrap());
+        for r in mem.iter() {
+            r.bitmap().attach(map.clone(), r.start_addr().0, r.len());
+        }
+        // Guest 0x1100..0x1110: page 1 only, though it is in the region's
+        // first 4 KiB.
+        mem.write_slice(&[7u8; 16], GuestAddress(0x1100)).unwrap();
+        let mut log = [0u8; 1];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut log, 0).unwrap();
+        assert_eq!(log[0], 0b10);
     }
 
     fn tempfile() -> File {

@@ -180,7 +180,8 @@ impl Handler {
         let window: Vec<u16> = (0..pending.len() as u16)
             .filter_map(|i| {
                 let slot = u64::from(used.wrapping_add(i) % size.max(1));
-                mem.read_obj::<u16>(GuestAddress(avail + 4 + 2 * slot)).ok()
+                let at = avail.checked_add(4 + 2 * slot)?;
+                mem.read_obj::<u16>(GuestAddress(at)).ok()
             })
             .collect();
         pending.iter().filter(|h| !window.contains(h)).count()
@@ -234,7 +235,7 @@ impl Handler {
         self.mappings
             .iter()
             .find(|m| user_addr >= m.user_addr && user_addr - m.user_addr < m.size)
-            .map(|m| user_addr - m.user_addr + m.gpa)
+            .and_then(|m| m.gpa.checked_add(user_addr - m.user_addr))
             .ok_or(Error::InvalidParam)
     }
 }
