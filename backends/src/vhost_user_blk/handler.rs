@@ -140,7 +140,10 @@ impl Handler {
             if let Some(region) = &self.inflight {
                 if let Some(mut qi) = QueueInflight::new(region.clone(), index as u16) {
                     let used = queue.vring.queue_used_idx().map_err(req)?;
-                    let pending = qi.start(used, self.acked_features);
+                    let mut pending = qi.start(used, self.acked_features);
+                    // A head beyond the ring is the region's garbage.
+                    let size = queue.vring.get_ref().get_queue().size();
+                    pending.retain(|&h| h < size);
                     if !pending.is_empty() {
                         info!(
                             "blk{} queue {index}: submitting again {} requests left in flight \
