@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -420,6 +420,56 @@ fn refuses_memory_past_the_end_of_its_file() -> Result<()> {
     let mut vmm = Vmm::connect(&daemon.socket, 1)?;
     let mut back = vec![0u8; 512];
     assert_eq!(vmm.rw(0, T_IN, 0, &mut back, 0x10_0000)?, 0);
+    Ok(())
+}
+
+/// INFLIGHT_SHMFD: offered; GET_INFLIGHT_FD gives a zeroed region of, per
+/// queue, a 16-byte header and 16 bytes per descriptor (64-byte aligned);
+/// SET_INFLIGHT_FD naming more than its file holds is refused (a NACK) and
+/// the daemon goes on serving the connection.
+#[test]
+fn inflight_region_offered_and_a_short_one_refused() -> Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let daemon = Daemon::start(&["--num-queues", "2", "--queue-size", "16"])?;
+    let mut f = Frontend::connect(&daemon.socket, 2)?;
+    f.set_owner()?;
+    let features = f.get_features()?;
+    f.set_features(features)?;
+    let protocol = f.get_protocol_features()?;
+    ensure!(
+        protocol.contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD),
+        "{protocol:?}"
+    );
+    f.set_protocol_features(
+        VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::MQ,
+    )?;
+    let (reply, file) = f.get_inflight_fd(&VhostUserInflight::new(0, 0, 2, 16))?;
+    let stride = (16 + 16 * 16u64).div_ceil(64) * 64;
+    ensure!(reply.mmap_size == 2 * stride, "{}", reply.mmap_size);
+    ensure!(file.metadata()?.len() >= 2 * stride);
+    let mut region = vec![1u8; (2 * stride) as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut region, reply.mmap_offset)?;
+    ensure!(region.iter().all(|&b| b == 0), "a fresh region is zeroed");
+    // SAFETY: a valid NUL-terminated name; the fd is checked and owned below.
+    let fd = unsafe { libc::memfd_create(c"short-inflight".as_ptr(), 0) };
+    ensure!(fd >= 0);
+    // SAFETY: `fd` is a fresh descriptor owned by nothing else.
+    let short = unsafe { File::from_raw_fd(fd) };
+    short.set_len(64)?;
+    f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+    let refused = f.set_inflight_fd(
+        &VhostUserInflight::new(2 * stride, 0, 2, 16),
+        short.as_raw_fd(),
+    );
+    ensure!(
+        refused.is_err(),
+        "a region past the end of its file was taken"
+    );
+    f.set_inflight_fd(&reply, file.as_raw_fd())?;
+    f.set_hdr_flags(VhostUserHeaderFlag::empty());
+    ensure!(f.get_features()? == features, "the connection still serves");
     Ok(())
 }
 

@@ -313,8 +313,13 @@ fn our_frontend_serves_the_probe_from_our_daemon() {
 /// stream and started again on the same socket. Checks that the stream
 /// completes and verifies in the guest, that the image holds its last
 /// pass sector by sector, and that the device reconnected once; returns
-/// the VMM's exit report.
-fn kill_mid_stream(name: &str, seed: u64, spawn: fn(&Path, &Path) -> Killed) -> String {
+/// the VMM's exit report. `after` is how long after pass 1 the kill comes.
+fn kill_mid_stream(
+    name: &str,
+    seed: u64,
+    spawn: fn(&Path, &Path) -> Killed,
+    after: Duration,
+) -> String {
     let (image, sock) = pattern_disk(name, seed);
     let daemon = std::sync::Arc::new(std::sync::Mutex::new(spawn(&image, &sock)));
     wait_socket(&sock);
@@ -337,6 +342,7 @@ fn kill_mid_stream(name: &str, seed: u64, spawn: fn(&Path, &Path) -> Killed) -> 
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
+            std::thread::sleep(after);
             // Kill it while writes are in flight, keep it away a moment.
             let at = out.text().matches("pass ").count();
             let mut d = daemon.lock().unwrap();
@@ -393,12 +399,80 @@ fn kill_mid_stream(name: &str, seed: u64, spawn: fn(&Path, &Path) -> Killed) -> 
 
 #[test]
 fn a_daemon_killed_mid_stream_and_restarted_loses_no_write() {
-    let report = kill_mid_stream("restart", 61, our_daemon);
-    // Our daemon resumes from the used index; it has no inflight region.
+    let report = kill_mid_stream("restart", 61, our_daemon, Duration::ZERO);
+    // Our daemon offers INFLIGHT_SHMFD: the restarted one got the region.
     assert!(
-        report.contains("inflight=off inflight_replays=0"),
+        report.contains("inflight=on inflight_replays=1"),
         "{report}"
     );
+}
+
+/// Our daemon completing each batch of requests last first, 300 us apart
+/// (as a backend with parallel I/O may), its log appended to `daemon.log`
+/// beside the image.
+fn our_daemon_out_of_order(image: &Path, sock: &Path) -> Killed {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(image.with_file_name("daemon.log"))
+        .unwrap();
+    Killed(
+        Command::new(testkit::process::binary("vhost-user-blk"))
+            .args(["--socket", sock.to_str().unwrap()])
+            .args(["--image", image.to_str().unwrap()])
+            .args(["--num-queues", "2", "--serial", "ours"])
+            .args(["--complete-late", "300"])
+            .stderr(log)
+            .spawn()
+            .expect("the vhost-user-blk binary"),
+    )
+}
+
+/// Killed in the middle of a batch it completes last first, the daemon
+/// leaves requests unfinished before the used index and finished after
+/// it: resuming at the used index would skip the first and redo the
+/// second (the probe counts both). The restarted daemon reads the
+/// inflight region instead, submits exactly the unfinished ones again and
+/// the stream verifies, in the guest and sector by sector on the host.
+/// The restarted daemon logs how many of those a resume at the used index
+/// would have lost; a kill that lands before the batch's first completion
+/// or between batches loses none, so the run is repeated (up to 4 times,
+/// each killing at another point of a batch) until one does.
+#[test]
+fn out_of_order_completions_killed_mid_batch_are_resubmitted_from_the_inflight_region() {
+    for attempt in 1..=4u64 {
+        let name = format!("ooo{attempt}");
+        let after = Duration::from_micros(900 + 1300 * attempt);
+        let report = kill_mid_stream(&name, 81, our_daemon_out_of_order, after);
+        assert!(
+            report.contains("inflight=on inflight_replays=1"),
+            "{report}"
+        );
+        let dir = std::env::temp_dir().join(format!("vmm-vu-{name}-{}", std::process::id()));
+        let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap();
+        // "... submitting again N requests left in flight (L of them lost
+        // to a resume at the used index)"
+        let lost: usize = log
+            .lines()
+            .filter(|l| l.contains(" of them lost"))
+            .filter_map(|l| {
+                let before = l.split(" of them lost").next()?;
+                before.rsplit('(').next()?.parse::<usize>().ok()
+            })
+            .sum();
+        eprintln!("attempt {attempt}: a resume at the used index would have lost {lost}\n{log}");
+        if lost > 0 {
+            let resubmitted: u64 = report
+                .split("resubmitted=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            assert!(resubmitted as usize >= lost, "{report}");
+            return;
+        }
+    }
+    panic!("four kills all landed between batches");
 }
 
 #[test]
@@ -410,7 +484,12 @@ fn qemu_storage_daemon_killed_mid_stream_and_restarted_loses_no_write() {
     // 20). Only inflight tracking recovers that, and QSD 7.2 does not offer
     // it (QEMU 6.0 stopped offering it; vhost/tests/inflight.rs tests the
     // wire side). So this QSD completes in order.
-    let report = kill_mid_stream("qsd-restart", 71, qemu_storage_daemon_in_order);
+    let report = kill_mid_stream(
+        "qsd-restart",
+        71,
+        qemu_storage_daemon_in_order,
+        Duration::ZERO,
+    );
     // A QSD that offers INFLIGHT_SHMFD must get its region on the replay.
     assert!(
         report.contains("inflight=off inflight_replays=0")

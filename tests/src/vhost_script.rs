@@ -1,7 +1,7 @@
-//! A scripted vhost-user backend over a real unix socket, for what no
-//! installed backend does: inflight tracking (INFLIGHT_SHMFD; QEMU 6.0's
-//! qemu-storage-daemon stopped offering it, and our daemon's
-//! vhost-user-backend refuses it) and bad replies. It answers the
+//! A scripted vhost-user backend over a real unix socket, for what a real
+//! backend does not do on demand: inflight replies a test chooses
+//! (INFLIGHT_SHMFD, good or bad; our daemon offers the feature, QEMU 6.0's
+//! qemu-storage-daemon stopped offering it) and bad replies. It answers the
 //! handshake, records every request in order with the file it carried, and
 //! gives GET_INFLIGHT_FD the reply the test chose. It serves every
 //! connection on its own thread, and can hang up on them all, as a backend

@@ -194,9 +194,10 @@ fn our_frontend_with_our_daemon() {
     let _d = ours(&image, &sock);
     let mut d = connect(&sock);
     eprintln!("our daemon negotiated {:?}", d.conn.negotiated);
+    // Our daemon tracks inflight I/O: the frontend holds its region.
     assert!(
-        d.inflight.is_none(),
-        "our daemon does not track inflight I/O"
+        d.inflight.as_ref().is_some_and(|i| i.size() > 0),
+        "our daemon offers INFLIGHT_SHMFD"
     );
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the socket is private");
@@ -208,6 +209,11 @@ fn our_frontend_with_our_daemon() {
     // A write past the end: IOERR, and the daemon carries on.
     assert_eq!(d.io(1, (8 << 20) / 512, 0x20000, 4096), Some(1));
     round_trip(&mut d, &image, 48);
+    // Every request completed: the region, read the frontend's way, has
+    // nothing in flight and the used index the ring has.
+    if let Some(i) = &d.inflight {
+        assert_eq!(i.pending(0, d.slot), Ok(0), "nothing left in flight");
+    }
     // The frontend goes away abruptly; a second one is served.
     drop(d);
     let mut d2 = connect(&sock);

@@ -1,9 +1,9 @@
-//! Inflight tracking (INFLIGHT_SHMFD) on the wire. No backend installed
-//! here offers it (qemu-storage-daemon 7.2 stopped offering it, ours is
-//! built on vhost-user-backend, which refuses it), so the backend is
-//! testkit's scripted one over a real socket: it answers the handshake,
-//! records every request in order, and gives GET_INFLIGHT_FD the reply a
-//! test chooses, good or bad.
+//! Inflight tracking (INFLIGHT_SHMFD) on the wire. Mostly against
+//! testkit's scripted backend over a real socket: it answers the
+//! handshake, records every request in order, and gives GET_INFLIGHT_FD
+//! the reply a test chooses, good or bad. Our daemon offers the feature
+//! (its region is checked at the end); qemu-storage-daemon 7.2 stopped
+//! offering it and stands for a backend without it.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -175,19 +175,51 @@ fn a_device_keeps_one_region_until_it_is_reset() {
     assert_ne!(inode(&l.given[0]), inode(&l.given[1]));
 }
 
-#[test]
-fn a_backend_without_inflight_tracking_gets_no_region() {
-    let dir = std::env::temp_dir().join(format!("vmm-inflight-ours-{}", std::process::id()));
+/// A spawned daemon, killed when the test ends (or fails).
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn scratch(name: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("vmm-inflight-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (image, sock) = (dir.join("disk.raw"), dir.join("s.sock"));
     File::create(&image).unwrap().set_len(1 << 20).unwrap();
-    let mut daemon = std::process::Command::new(testkit::process::binary("vhost-user-blk"))
-        .args(["--socket", sock.to_str().unwrap()])
-        .args(["--image", image.to_str().unwrap()])
-        .spawn()
-        .expect("the vhost-user-blk binary");
-    let conn = BackendConn::connect(&sock, 2, T).expect("our daemon answers");
+    (dir, image, sock)
+}
+
+fn wait_socket(sock: &Path) {
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed() < T, "no socket at {}", sock.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_backend_without_inflight_tracking_gets_no_region() {
+    let (dir, image, sock) = scratch("qsd");
+    let _daemon = Daemon(
+        std::process::Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!("driver=file,node-name=f,filename={}", image.display()))
+            .arg("--export")
+            .arg(format!(
+                "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on,num-queues=2",
+                sock.display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("qemu-storage-daemon (.ci/run installs it)"),
+    );
+    wait_socket(&sock);
+    let conn = BackendConn::connect(&sock, 2, T).expect("qemu-storage-daemon answers");
     assert!(!conn.tracks_inflight());
     let mut slot = InflightSlot::new(2, 128);
     assert!(slot.hand_over(&conn).unwrap().is_none());
@@ -196,7 +228,33 @@ fn a_backend_without_inflight_tracking_gets_no_region() {
         conn.get_inflight(2, 128),
         Err(FrontendError::Lacks(_))
     ));
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Our daemon offers INFLIGHT_SHMFD: the slot asks it for a region (two
+/// queues of 128: a 16-byte header and 16 bytes a descriptor each, 64-byte
+/// aligned), hands it back, and the region shows nothing in flight.
+#[test]
+fn our_daemon_gives_a_region_and_takes_it_back() {
+    let (dir, image, sock) = scratch("ours");
+    let _daemon = Daemon(
+        std::process::Command::new(testkit::process::binary("vhost-user-blk"))
+            .args(["--socket", sock.to_str().unwrap()])
+            .args(["--image", image.to_str().unwrap()])
+            .args(["--num-queues", "2"])
+            .spawn()
+            .expect("the vhost-user-blk binary"),
+    );
+    wait_socket(&sock);
+    let conn = BackendConn::connect(&sock, 2, T).expect("our daemon answers");
+    assert!(conn.tracks_inflight());
+    let mut slot = InflightSlot::new(2, 128);
+    let region = slot
+        .hand_over(&conn)
+        .expect("GET_INFLIGHT_FD and SET_INFLIGHT_FD")
+        .expect("a region");
+    assert_eq!(region.size(), 2 * 2112);
+    assert_eq!(region.pending(0, 0), Ok(0));
+    assert_eq!(region.pending(1, 0), Ok(0));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,7 +1,7 @@
 //! Arbitrary bytes as a vhost-user frontend's messages to the daemon.
 //!
 //! The daemon's own accept loop (`vhost_user_blk::serve`: a fresh
-//! `BlkBackend` and `VhostUserDaemon` per connection, one shared engine)
+//! `BlkBackend` and request handler per connection, one shared engine)
 //! runs once per process on a socket in a temp dir. Each input is one
 //! connection: its bytes are sent, the write side is shut and the daemon
 //! must hang up within `DEADLINE` (an error is fine). Then a fresh,

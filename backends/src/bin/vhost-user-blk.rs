@@ -2,25 +2,31 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use log::{error, info};
 use vmm_backends::block::{BlockEngine, ImageOptions};
-use vmm_backends::vhost_user_blk::{open_engine, serve, ServerOptions};
+use vmm_backends::vhost_user_blk::{open_engine, serve_late, ServerOptions};
 
 const USAGE: &str = "usage: vhost-user-blk --socket PATH --image PATH [--readonly] \
-[--num-queues N] [--queue-size N] [--direct] [--serial S] [--max-mem-slots N]
+[--num-queues N] [--queue-size N] [--direct] [--serial S] [--max-mem-slots N] \
+[--complete-late US]
 
---max-mem-slots N  refuse a memory table of more than N regions (default
-                   509, the protocol's limit): a backend out of slots.";
+--max-mem-slots N    refuse a memory table of more than N regions (default
+                     509, the protocol's limit): a backend out of slots.
+--complete-late US   test aid: complete each batch of requests last first,
+                     US microseconds apart (a backend that completes out of
+                     order, for crash-recovery tests).";
 
-fn parse_args(args: &[String]) -> Result<ServerOptions> {
+fn parse_args(args: &[String]) -> Result<(ServerOptions, Option<Duration>)> {
     let mut socket = None;
     let mut image = None;
     let mut image_options = ImageOptions::default();
     let mut num_queues: u16 = 1;
     let mut queue_size: u16 = 256;
     let mut max_mem_slots: usize = 509;
+    let mut late = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| {
@@ -60,6 +66,17 @@ fn parse_args(args: &[String]) -> Result<ServerOptions> {
                     .filter(|n| (1..=509).contains(n))
                     .ok_or_else(|| anyhow!("option --max-mem-slots: {v:?} is not in 1..=509"))?;
             }
+            "--complete-late" => {
+                let v = value("--complete-late")?;
+                let us: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| {
+                        anyhow!("option --complete-late: {v:?} is not in 1..=1000000")
+                    })?;
+                late = Some(Duration::from_micros(us));
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -67,14 +84,15 @@ fn parse_args(args: &[String]) -> Result<ServerOptions> {
             other => bail!("unknown option {other:?}"),
         }
     }
-    Ok(ServerOptions {
+    let options = ServerOptions {
         max_mem_slots,
         socket: socket.ok_or_else(|| anyhow!("option --socket is required"))?,
         image: image.ok_or_else(|| anyhow!("option --image is required"))?,
         image_options,
         num_queues,
         queue_size,
-    })
+    };
+    Ok((options, late))
 }
 
 /// Blocks SIGTERM and SIGINT in every thread (threads inherit the mask)
@@ -136,11 +154,11 @@ fn main() {
 }
 
 fn run(args: &[String]) -> Result<()> {
-    let options = parse_args(args)?;
+    let (options, late) = parse_args(args)?;
     let set = block_stop_signals()?;
     let engine = open_engine(&options)
         .with_context(|| format!("option --image {}", options.image.display()))?;
     spawn_signal_thread(set, options.socket.clone(), engine.clone())?;
-    serve(&options, engine)?;
+    serve_late(&options, engine, late)?;
     Ok(())
 }

@@ -99,11 +99,20 @@ impl BlockEngine {
         M::Target: GuestMemory,
     {
         let descs: Vec<Descriptor> = chain.by_ref().collect();
-        let mem = chain.memory();
+        self.process_descriptors(chain.memory(), &descs)
+    }
+
+    /// `process` for a chain already walked: its descriptors in order
+    /// (those of an indirect table in its place).
+    pub fn process_descriptors<G: GuestMemory + ?Sized>(
+        &self,
+        mem: &G,
+        descs: &[Descriptor],
+    ) -> Result<u32, RequestError> {
         if descs.is_empty() {
             return Err(RequestError::EmptyChain);
         }
-        let (layout, status_addr) = split(&descs).ok_or(RequestError::StatusNotWritable)?;
+        let (layout, status_addr) = split(descs).ok_or(RequestError::StatusNotWritable)?;
         let (status, written) = match self.execute(mem, layout) {
             Ok(written) => (Status::Ok, written),
             Err(failure) => {

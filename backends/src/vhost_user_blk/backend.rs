@@ -106,6 +106,18 @@ impl BlkBackend {
         self
     }
 
+    pub(crate) fn engine(&self) -> &Arc<BlockEngine> {
+        &self.engine
+    }
+
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    pub(crate) fn max_regions(&self) -> usize {
+        self.max_regions
+    }
+
     /// Tells every worker thread to exit.
     pub fn stop_workers(&self) {
         let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
@@ -229,28 +241,17 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn update_memory(&self, mem: Memory) -> io::Result<()> {
-        let regions = mem.memory().num_regions();
-        if regions > self.max_regions {
-            return self.refuse_memory(
-                &mem,
-                format!(
-                    "no free memory slot: {regions} regions, at most {}",
-                    self.max_regions
-                ),
-            );
-        }
-        if let Some(problem) = past_eof(&mem) {
+        if let Err(problem) = check_table(&mem.memory(), self.max_regions) {
             return self.refuse_memory(&mem, problem);
         }
         *self.accepted.lock().unwrap_or_else(|e| e.into_inner()) = (*mem.memory()).clone();
         // One line per change, for tests and operators: what guest memory
         // this backend can reach by DMA.
-        let table: Vec<String> = mem
-            .memory()
-            .iter()
-            .map(|r| format!("{:#x}+{:#x}", r.start_addr().0, r.len()))
-            .collect();
-        info!("blk{} memory table: [{}]", self.index, table.join(" "));
+        info!(
+            "blk{} memory table: [{}]",
+            self.index,
+            describe_table(&mem.memory())
+        );
         *self.memory.lock().unwrap_or_else(|e| e.into_inner()) = Some(mem);
         Ok(())
     }
@@ -302,10 +303,33 @@ impl VhostUserBackend for BlkBackend {
     }
 }
 
+/// Why a memory table of at most `max` regions cannot be taken, if so.
+pub(crate) fn check_table<B: vm_memory::bitmap::Bitmap>(
+    mem: &GuestMemoryMmap<B>,
+    max: usize,
+) -> Result<(), String> {
+    let regions = mem.num_regions();
+    if regions > max {
+        return Err(format!(
+            "no free memory slot: {regions} regions, at most {max}"
+        ));
+    }
+    past_eof(mem).map_or(Ok(()), Err)
+}
+
+/// A table as one line: `gpa+size` per region.
+pub(crate) fn describe_table<B: vm_memory::bitmap::Bitmap>(mem: &GuestMemoryMmap<B>) -> String {
+    let table: Vec<String> = mem
+        .iter()
+        .map(|r| format!("{:#x}+{:#x}", r.start_addr().0, r.len()))
+        .collect();
+    table.join(" ")
+}
+
 /// The first region mapped past the end of its regular file, described:
 /// touching such a page raises SIGBUS, which would end the daemon.
-fn past_eof(mem: &Memory) -> Option<String> {
-    mem.memory().iter().find_map(|r| {
+fn past_eof<B: vm_memory::bitmap::Bitmap>(mem: &GuestMemoryMmap<B>) -> Option<String> {
+    mem.iter().find_map(|r| {
         let fo = r.file_offset()?;
         let meta = fo.file().metadata().ok()?;
         if !meta.is_file() {

@@ -6,13 +6,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::sync::Mutex;
+use std::time::Duration;
+
 use log::{info, warn};
-use vhost::vhost_user::Listener;
-use vhost_user_backend::bitmap::BitmapMmapRegion;
-use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vhost::vhost_user::{BackendListener, Error as VhostUserError, Listener};
 
 use super::backend::BlkBackend;
+use super::handler::Handler;
+use crate::block::ratelimit::LogLimiter;
 use crate::block::{BlockEngine, BlockLimits, DiskImage, ImageError, ImageOptions};
 
 /// Errors that stop the daemon. vhost-user-backend's errors are kept as
@@ -25,11 +27,13 @@ pub enum ServerError {
     Listen(String, #[source] vhost::vhost_user::Error),
     #[error("Cannot set the socket mode")]
     Chmod(#[source] io::Error),
-    #[error("Cannot create the vhost-user daemon: {0}")]
-    Daemon(String),
+    #[error("Cannot start the queue workers")]
+    Workers(#[source] io::Error),
     #[error("Cannot accept a frontend: {0}")]
     Accept(String),
 }
+
+static LOG: LogLimiter = LogLimiter::new();
 
 /// What the daemon serves and how.
 #[derive(Clone, Debug)]
@@ -53,6 +57,17 @@ pub fn open_engine(options: &ServerOptions) -> Result<Arc<BlockEngine>, ServerEr
 /// Listens on the socket (mode 0600) and serves frontends one after the
 /// other until the process is stopped.
 pub fn serve(options: &ServerOptions, engine: Arc<BlockEngine>) -> Result<(), ServerError> {
+    serve_late(options, engine, None)
+}
+
+/// `serve`, with a test aid: `late` makes the workers complete each batch
+/// of requests last first, `late` apart (a backend completing out of
+/// order, for recovery tests).
+pub fn serve_late(
+    options: &ServerOptions,
+    engine: Arc<BlockEngine>,
+    late: Option<Duration>,
+) -> Result<(), ServerError> {
     let path = options.socket.display().to_string();
     // SAFETY: umask only changes this process's file creation mask; it
     // makes the socket 0600 from its creation on, with no window.
@@ -69,17 +84,47 @@ pub fn serve(options: &ServerOptions, engine: Arc<BlockEngine>) -> Result<(), Se
             BlkBackend::new(engine.clone(), options.num_queues, options.queue_size, 0)
                 .with_max_regions(options.max_mem_slots),
         );
-        let memory = GuestMemoryAtomic::new(GuestMemoryMmap::<BitmapMmapRegion>::new());
-        let mut daemon = VhostUserDaemon::new("blk0-main".into(), backend.clone(), memory)
-            .map_err(|e| ServerError::Daemon(e.to_string()))?;
-        daemon
-            .start(&mut listener)
-            .map_err(|e| ServerError::Accept(e.to_string()))?;
+        let handler = Arc::new(Mutex::new(
+            Handler::new(backend, late).map_err(ServerError::Workers)?,
+        ));
+        let mut conn = loop {
+            let mut accept = BackendListener::new(&mut listener, handler.clone())
+                .map_err(|e| ServerError::Accept(e.to_string()))?;
+            match accept.accept() {
+                Ok(Some(conn)) => break conn,
+                Ok(None) => continue,
+                Err(e) => return Err(ServerError::Accept(e.to_string())),
+            }
+        };
         info!("Frontend connected");
-        match daemon.wait() {
-            Ok(()) => info!("Frontend disconnected"),
-            Err(e) => warn!("Frontend connection ended: {e}"),
+        let end = loop {
+            let res = conn.handle_request();
+            let replying = handler
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take_replying();
+            match res {
+                Ok(()) => {}
+                // A request the handler refused that expects no more than
+                // an ack (a NACK under REPLY_ACK, such as a memory table
+                // out of slots): the message was read whole, serving goes
+                // on. Any other error may leave the frontend waiting for a
+                // reply: the connection ends.
+                Err(e @ VhostUserError::ReqHandlerError(_)) if !replying => {
+                    if LOG.allow() {
+                        warn!("Refused a frontend request: {e}");
+                    }
+                }
+                Err(e) => break e,
+            }
+        };
+        match end {
+            VhostUserError::Disconnected
+            | VhostUserError::SocketBroken(_)
+            | VhostUserError::PartialMessage => info!("Frontend disconnected"),
+            e => warn!("Frontend connection ended: {e}"),
         }
-        backend.stop_workers();
+        // The connection and the handler (its workers joined) go here.
+        drop(conn);
     }
 }

@@ -1,5 +1,5 @@
 //! The vhost-user-blk device against testkit's scripted backend, which
-//! offers inflight tracking (no installed backend does): the region is
+//! offers inflight tracking and records every request: the region is
 //! handed over before the rings on the first start and again on the
 //! replay after the backend dies, the replay counts what the region holds
 //! in flight and kicks the rings, and a reset gets a fresh region.
