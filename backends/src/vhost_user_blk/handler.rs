@@ -73,6 +73,13 @@ fn req(e: impl std::fmt::Display) -> Error {
 }
 
 impl Handler {
+    /// The guest memory the handler maps from the frontend's table,
+    /// replaced at every table change (for tests that read guest RAM
+    /// through the daemon's own mappings).
+    pub fn memory(&self) -> LogMemory {
+        self.memory.clone()
+    }
+
     /// `late`: the test aid of `--complete-late`.
     pub fn new(backend: Arc<BlkBackend>, late: Option<Duration>) -> io::Result<Handler> {
         let memory: LogMemory = GuestMemoryAtomic::new(Mmap::new());

@@ -14,4 +14,6 @@ mod server;
 mod worker;
 
 pub use backend::{BlkBackend, BlkBackendError};
-pub use server::{open_engine, serve, serve_late, ServerError, ServerOptions};
+pub use handler::Handler;
+pub use server::{open_engine, serve, serve_connection, serve_late, ServerError, ServerOptions};
+pub use worker::LogMemory;

@@ -87,44 +87,54 @@ pub fn serve_late(
         let handler = Arc::new(Mutex::new(
             Handler::new(backend, late).map_err(ServerError::Workers)?,
         ));
-        let mut conn = loop {
-            let mut accept = BackendListener::new(&mut listener, handler.clone())
-                .map_err(|e| ServerError::Accept(e.to_string()))?;
-            match accept.accept() {
-                Ok(Some(conn)) => break conn,
-                Ok(None) => continue,
-                Err(e) => return Err(ServerError::Accept(e.to_string())),
-            }
-        };
-        info!("Frontend connected");
-        let end = loop {
-            let res = conn.handle_request();
-            let replying = handler
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take_replying();
-            match res {
-                Ok(()) => {}
-                // A request the handler refused that expects no more than
-                // an ack (a NACK under REPLY_ACK, such as a memory table
-                // out of slots): the message was read whole, serving goes
-                // on. Any other error may leave the frontend waiting for a
-                // reply: the connection ends.
-                Err(e @ VhostUserError::ReqHandlerError(_)) if !replying => {
-                    if LOG.allow() {
-                        warn!("Refused a frontend request: {e}");
-                    }
-                }
-                Err(e) => break e,
-            }
-        };
-        match end {
-            VhostUserError::Disconnected
-            | VhostUserError::SocketBroken(_)
-            | VhostUserError::PartialMessage => info!("Frontend disconnected"),
-            e => warn!("Frontend connection ended: {e}"),
-        }
-        // The connection and the handler (its workers joined) go here.
-        drop(conn);
+        serve_connection(&mut listener, handler)?;
     }
+}
+
+/// Accepts one frontend on `listener` and serves it with `handler` until
+/// it leaves; the connection and the handler (its workers joined) are
+/// dropped on return.
+pub fn serve_connection(
+    listener: &mut Listener,
+    handler: Arc<Mutex<Handler>>,
+) -> Result<(), ServerError> {
+    let mut conn = loop {
+        let mut accept = BackendListener::new(listener, handler.clone())
+            .map_err(|e| ServerError::Accept(e.to_string()))?;
+        match accept.accept() {
+            Ok(Some(conn)) => break conn,
+            Ok(None) => continue,
+            Err(e) => return Err(ServerError::Accept(e.to_string())),
+        }
+    };
+    info!("Frontend connected");
+    let end = loop {
+        let res = conn.handle_request();
+        let replying = handler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_replying();
+        match res {
+            Ok(()) => {}
+            // A request the handler refused that expects no more than
+            // an ack (a NACK under REPLY_ACK, such as a memory table
+            // out of slots): the message was read whole, serving goes
+            // on. Any other error may leave the frontend waiting for a
+            // reply: the connection ends.
+            Err(e @ VhostUserError::ReqHandlerError(_)) if !replying => {
+                if LOG.allow() {
+                    warn!("Refused a frontend request: {e}");
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    match end {
+        VhostUserError::Disconnected
+        | VhostUserError::SocketBroken(_)
+        | VhostUserError::PartialMessage => info!("Frontend disconnected"),
+        e => warn!("Frontend connection ended: {e}"),
+    }
+    drop(conn);
+    Ok(())
 }

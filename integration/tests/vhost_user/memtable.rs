@@ -1,8 +1,8 @@
 //! The memory table a vhost-user backend holds, checked byte for byte
-//! (QEMU's vhost-user-test pattern): the daemon's own backend code
-//! (`vmm-backends`) runs in this process on a socket, so the test reads
-//! guest RAM through the very mappings the backend made of the fds it
-//! received. After boot, after a DIMM is hot-added and after it is removed,
+//! (QEMU's vhost-user-test pattern): the daemon's own request handler
+//! (`vmm-backends`' `Handler`, what `vhost-user-blk` runs) serves in this
+//! process on a socket, so the test reads guest RAM through the very
+//! mappings the daemon made of the fds it received. After boot, after a DIMM is hot-added and after it is removed,
 //! the backend's regions (guest address, size, file offset) equal the
 //! guest RAM of the flat view (`info mtree -f`), and the bytes the probe
 //! guest wrote in low RAM, above 4 GiB and in the DIMM read back through
@@ -15,18 +15,15 @@ use std::time::Duration;
 
 use testkit::process::Captured;
 use vhost::vhost_user::Listener;
-use vhost_user_backend::bitmap::BitmapMmapRegion;
-use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{
-    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
-    GuestMemoryRegion,
-};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion};
 use vmm::machine::hotplug::HotplugEvent;
 use vmm::machine::{Machine, MachineConfig, VhostUserBlkConfig};
 use vmm::memory::mtree::info_mtree_flat;
 use vmm::memory::Memory;
 use vmm_backends::block::ImageOptions;
-use vmm_backends::vhost_user_blk::{open_engine, BlkBackend, ServerOptions};
+use vmm_backends::vhost_user_blk::{
+    open_engine, serve_connection, BlkBackend, Handler, LogMemory, ServerOptions,
+};
 
 use super::common::{scratch, wait_output};
 
@@ -38,8 +35,6 @@ const MIB: u64 = 1 << 20;
 /// first (seed) and last (seed + 1) MiB of the DIMM.
 const STAMP_SEED: u64 = 0x3e;
 const DIMM_SEED: u64 = 0xd1;
-
-type BackendMemory = GuestMemoryAtomic<GuestMemoryMmap<BitmapMmapRegion>>;
 
 /// A piece of guest RAM: where it is and its offset in the file behind it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,10 +68,10 @@ impl Stamp {
     }
 }
 
-/// Our vhost-user-blk backend served from this process; `memory` is the
-/// guest memory it maps, replaced by the library on every table message.
+/// Our vhost-user-blk daemon's handler served from this process; `memory`
+/// is the guest memory it maps, replaced on every table message.
 struct Backend {
-    memory: BackendMemory,
+    memory: LogMemory,
 }
 
 impl Backend {
@@ -91,16 +86,13 @@ impl Backend {
         };
         let engine = open_engine(&options).expect("the image opens");
         let backend = Arc::new(BlkBackend::new(engine, 1, 256, 0));
-        let memory = BackendMemory::new(GuestMemoryMmap::new());
-        let mut daemon = VhostUserDaemon::new("memtable".into(), backend.clone(), memory.clone())
-            .expect("the vhost-user daemon");
+        let handler = Handler::new(backend, None).expect("the queue workers start");
+        let memory = handler.memory();
+        let handler = Arc::new(std::sync::Mutex::new(handler));
         // Listening before the frontend connects: no wait for the file.
         let mut listener = Listener::new(sock, true).expect("the socket listens");
         std::thread::spawn(move || {
-            if daemon.start(&mut listener).is_ok() {
-                let _ = daemon.wait();
-            }
-            backend.stop_workers();
+            let _ = serve_connection(&mut listener, handler);
         });
         Backend { memory }
     }
