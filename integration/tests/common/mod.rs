@@ -114,9 +114,14 @@ pub fn scratch(name: &str) -> PathBuf {
 /// The probe guest on a 256 MiB, one-vCPU machine, `cmdline` after
 /// `console=ttyS0 probe=none`; COM1 collected.
 pub fn probe_machine(cmdline: &str) -> (Machine, Captured) {
+    probe_machine_with(256 << 20, cmdline)
+}
+
+/// `probe_machine` with `memory` bytes of RAM.
+pub fn probe_machine_with(memory: u64, cmdline: &str) -> (Machine, Captured) {
     assert!(Path::new("/dev/kvm").exists(), "this test needs /dev/kvm");
     let mut m = Machine::new(MachineConfig {
-        memory: 256 << 20,
+        memory,
         cpus: 1,
         kernel: testkit::probe::build().expect("the probe builds"),
         cmdline: format!("console=ttyS0 probe=none {cmdline}"),

@@ -13,11 +13,10 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use testkit::process::Captured;
 use vhost::vhost_user::Listener;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryRegion};
 use vmm::machine::hotplug::HotplugEvent;
-use vmm::machine::{Machine, MachineConfig, VhostUserBlkConfig};
+use vmm::machine::VhostUserBlkConfig;
 use vmm::memory::mtree::info_mtree_flat;
 use vmm::memory::Memory;
 use vmm_backends::block::ImageOptions;
@@ -25,7 +24,7 @@ use vmm_backends::vhost_user_blk::{
     open_engine, serve_connection, BlkBackend, Handler, LogMemory, ServerOptions,
 };
 
-use super::common::{scratch, wait_output};
+use super::common::{probe_machine_with, scratch, wait_output};
 
 /// Enough RAM for the PC split: 3 GiB below the PCI hole, 512 MiB at 4 GiB.
 const RAM: u64 = 0xe000_0000;
@@ -221,25 +220,6 @@ fn stamps(text: &str) -> Vec<Stamp> {
         .collect()
 }
 
-/// The probe on a machine with RAM above 4 GiB, `cmdline` after
-/// `console=ttyS0 probe=none`; COM1 collected.
-fn machine(cmdline: &str) -> (Machine, Captured) {
-    assert!(Path::new("/dev/kvm").exists(), "this test needs /dev/kvm");
-    let mut m = Machine::new(MachineConfig {
-        memory: RAM,
-        cpus: 1,
-        kernel: testkit::probe::build().expect("the probe builds"),
-        cmdline: format!("console=ttyS0 probe=none {cmdline}"),
-        initrd: None,
-        atomic_memslots: true,
-        aps_at_entry: true,
-    })
-    .expect("machine");
-    let out = Captured::default();
-    m.attach_console(Box::new(out.clone())).expect("COM1");
-    (m, out)
-}
-
 #[test]
 fn the_backend_maps_the_flat_views_guest_ram_and_reads_what_the_guest_wrote() {
     let dir = scratch("memtable");
@@ -247,7 +227,7 @@ fn the_backend_maps_the_flat_views_guest_ram_and_reads_what_the_guest_wrote() {
     std::fs::write(&image, testkit::pattern::image(3, 131_072)).unwrap();
     let backend = Backend::start(&image, &sock);
 
-    let (mut m, out) = machine("probe=memtable probe=dimm");
+    let (mut m, out) = probe_machine_with(RAM, "probe=memtable probe=dimm");
     let hp = m.enable_memory_hotplug(1 << 30, 2).unwrap();
     m.add_vhost_user_blk(&VhostUserBlkConfig {
         socket: sock.clone(),
