@@ -47,9 +47,6 @@ pub struct RamBlock {
     size: u64,
     file: File,
     file_offset: u64,
-    /// Whether dropping the block unmaps `host` (false for mappings a
-    /// device owns and unmaps itself).
-    owns_mapping: bool,
     /// Pages written since the dirty log was last taken.
     pub dirty: super::dirty_log::DirtyBitmap,
 }
@@ -84,56 +81,13 @@ impl RamBlock {
             size,
             source,
         })?;
-        let host = map_shared(&file, 0, size).map_err(|source| RamError::Mmap {
-            name: name.into(),
-            size,
-            source,
-        })?;
-        Ok(RamBlock {
-            name: name.into(),
-            host,
-            size,
-            file,
-            file_offset: 0,
-            owns_mapping: true,
-            dirty: super::dirty_log::DirtyBitmap::new(size),
-        })
+        Self::map_file(name, file, 0, size)
     }
 
-    /// Wraps a mapping the caller made (a device BAR mmap) of `file` at
-    /// `file_offset`.
-    ///
-    /// # Safety
-    ///
-    /// `host` must point to `size` bytes mapped from `file` at `file_offset`
-    /// that stay mapped for as long as the returned block lives; the caller
-    /// unmaps them after the block is dropped.
-    pub unsafe fn from_device_mapping(
-        name: &str,
-        host: NonNull<u8>,
-        size: u64,
-        file: File,
-        file_offset: u64,
-    ) -> Self {
-        RamBlock {
-            name: name.into(),
-            host,
-            size,
-            file,
-            file_offset,
-            owns_mapping: false,
-            dirty: super::dirty_log::DirtyBitmap::new(size),
-        }
-    }
-
-    /// Maps `size` bytes of `file` at `file_offset` (a device region's
-    /// mmap-able area) shared and read-write; the block owns the mapping.
-    pub fn map_device(
-        name: &str,
-        file: File,
-        file_offset: u64,
-        size: u64,
-    ) -> Result<Self, RamError> {
+    /// Maps `size` bytes of `file` at `file_offset` (guest RAM's memfd, or
+    /// a device region's mmap-able area) shared and read-write; the block
+    /// owns the mapping.
+    pub fn map_file(name: &str, file: File, file_offset: u64, size: u64) -> Result<Self, RamError> {
         if size == 0 {
             return Err(RamError::ZeroSize { name: name.into() });
         }
@@ -148,7 +102,6 @@ impl RamBlock {
             size,
             file,
             file_offset,
-            owns_mapping: true,
             dirty: super::dirty_log::DirtyBitmap::new(size),
         })
     }
@@ -291,11 +244,9 @@ impl RamBlock {
 
 impl Drop for RamBlock {
     fn drop(&mut self) {
-        if self.owns_mapping {
-            // SAFETY: the mapping was made by map_shared with this size and
-            // nothing refers to it once the block is dropped.
-            unsafe { libc::munmap(self.host.as_ptr().cast(), self.size as usize) };
-        }
+        // SAFETY: the mapping was made by map_shared with this size and
+        // nothing refers to it once the block is dropped.
+        unsafe { libc::munmap(self.host.as_ptr().cast(), self.size as usize) };
     }
 }
 

@@ -267,7 +267,7 @@ impl<R: Routing + 'static> VfioPci<R> {
                     size: len,
                     source,
                 })
-                .and_then(|f| RamBlock::map_device(&name, f, m.offset.saturating_add(offset), len));
+                .and_then(|f| RamBlock::map_file(&name, f, m.offset.saturating_add(offset), len));
             match block {
                 Ok(b) => out.push((offset, MemoryRegion::ram_device(&name, Arc::new(b)))),
                 Err(e) => log::warn!("{name}: left to traps: {e}"),
