@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 mod common;
 
 use testkit::process::Captured;
-use vmm::machine::Machine;
 
 const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
@@ -75,7 +74,7 @@ fn kvm_reports_exactly_the_pages_the_guest_wrote_and_a_clear_rearms_it() {
             Ok((first, second))
         })
     };
-    let (first, second) = run_with_host(&mut m, &out, host);
+    let (first, second) = common::run_with_host(&mut m, &out, host).0;
 
     let (a, a_rest) = split(first);
     let want_a: Vec<u64> = (0..128).step_by(2).collect();
@@ -154,23 +153,6 @@ fn daemon_disk(name: &str) -> (PathBuf, PathBuf, PathBuf, common::Daemon) {
     (dir, image, sock, daemon)
 }
 
-/// Runs the guest to its end while `host` paces it; returns what the host
-/// collected, panicking with the guest's output if either side failed.
-fn run_with_host<T>(
-    m: &mut Machine,
-    out: &Captured,
-    host: std::thread::JoinHandle<Result<T, String>>,
-) -> T {
-    let status = m.run().expect("the guest runs to its exit");
-    let text = out.text();
-    let got = host
-        .join()
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert_eq!(status, 0, "failed checks:\n{text}");
-    got
-}
-
 /// Which disk does the read: our daemon behind the vhost-user-blk device
 /// (with its log used or not), or the in-process device on an iothread.
 #[derive(Clone, Copy, Debug)]
@@ -214,7 +196,7 @@ fn backend_write_pages(disk: Disk) -> Vec<u64> {
             Ok(dirty)
         })
     };
-    let dirty = run_with_host(&mut m, &out, host);
+    let dirty = common::run_with_host(&mut m, &out, host).0;
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
     split(dirty).0
@@ -286,7 +268,7 @@ fn a_dimm_added_while_logging_is_logged_from_its_first_write() {
             Ok(dirty)
         })
     };
-    let dirty = run_with_host(&mut m, &out, host);
+    let dirty = common::run_with_host(&mut m, &out, host).0;
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
     // The probe's CPU wrote the DIMM's first and last MiB (KVM's log of the

@@ -135,6 +135,38 @@ pub fn probe_machine_with(memory: u64, cmdline: &str) -> (Machine, Captured) {
     (m, out)
 }
 
+/// Runs the guest to its end while `host` drives the host side; returns
+/// what the host collected and the guest's output, panicking with that
+/// output if either side failed.
+pub fn run_with_host<T>(
+    m: &mut Machine,
+    out: &Captured,
+    host: std::thread::JoinHandle<Result<T, String>>,
+) -> (T, String) {
+    let status = m.run().expect("the guest runs to its exit");
+    let text = out.text();
+    eprintln!("{text}\n{}", m.exit_report());
+    let got = host
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(status, 0, "failed checks:\n{text}");
+    (got, text)
+}
+
+/// Panics unless the guest output `text` has a passing check (`ok ...`)
+/// naming each of `checks`.
+pub fn assert_passed<S: AsRef<str>>(text: &str, checks: &[S]) {
+    for check in checks {
+        let check = check.as_ref();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok ") && l.contains(check)),
+            "no passing {check:?}:\n{text}"
+        );
+    }
+}
+
 /// Waits up to a minute for `what` in the guest's output.
 pub fn wait_output(out: &Captured, what: &str) -> bool {
     let start = Instant::now();

@@ -315,23 +315,14 @@ fn the_backend_maps_the_flat_views_guest_ram_and_reads_what_the_guest_wrote() {
             result
         })
     };
-    let status = m.run().expect("the guest runs to its exit");
-    let text = out.text();
-    eprintln!("{text}\n{}", m.exit_report());
-    host.join()
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert_eq!(status, 0, "failed checks:\n{text}");
-    for check in [
-        "memtable: known bytes stamped",
-        "dimm: CPU writes to the DIMM read back",
-        "virtio-blk 00:03.0 DMA from and into the DIMM verifies",
-        "dimm: the memory is gone after eject",
-    ] {
-        assert!(
-            text.lines()
-                .any(|l| l.starts_with("ok ") && l.contains(check)),
-            "no passing {check:?}:\n{text}"
-        );
-    }
+    let ((), text) = super::common::run_with_host(&mut m, &out, host);
+    super::common::assert_passed(
+        &text,
+        &[
+            "memtable: known bytes stamped",
+            "dimm: CPU writes to the DIMM read back",
+            "virtio-blk 00:03.0 DMA from and into the DIMM verifies",
+            "dimm: the memory is gone after eject",
+        ],
+    );
 }
