@@ -7,7 +7,7 @@ use vmm::memory::MemoryRegion;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::edu::{self, DMA_IRQ};
-use crate::{kmsg, Rig, RAM_IOVA};
+use crate::{kmsg, report, Rig, RAM_IOVA};
 
 /// A hot-added region (like a DIMM): 2 MiB at 8 MiB.
 const DIMM_IOVA: u64 = 0x80_0000;
@@ -183,19 +183,6 @@ fn msi(rig: &Rig) -> Result<(), String> {
     }
     println!("msi: eventfd count {count}, irq status {status:#x}");
     Ok(())
-}
-
-fn report(name: &str, r: Result<(), String>) -> u32 {
-    match r {
-        Ok(()) => {
-            println!("ok - {name}");
-            0
-        }
-        Err(e) => {
-            println!("not ok - {name}: {e}");
-            1
-        }
-    }
 }
 
 /// Runs every check; returns how many failed.

@@ -33,6 +33,21 @@ use mapper::{Live, Tracked};
 pub const RAM_IOVA: u64 = 0x10_0000;
 pub const RAM_SIZE: u64 = 0x10_0000;
 
+/// Prints check `name`'s line for the host-side test (`ok - name` or
+/// `not ok - name: why`); returns 1 if it failed.
+pub fn report(name: &str, r: Result<(), String>) -> u32 {
+    match r {
+        Ok(()) => {
+            println!("ok - {name}");
+            0
+        }
+        Err(e) => {
+            println!("not ok - {name}: {e}");
+            1
+        }
+    }
+}
+
 /// The machine under test: memory model, the listener's live mappings, edu.
 pub struct Rig {
     pub memory: Memory,

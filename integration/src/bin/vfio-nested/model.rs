@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_vfio::{KernelDevice, VfioBackend};
 
 use crate::edu;
-use crate::Rig;
+use crate::{report, Rig};
 
 /// Where the guest (this program) puts the model's BAR0.
 const BAR0_GPA: u64 = 0xe000_0000;
@@ -356,19 +356,6 @@ fn reset(m: &mut Model, rig: &Rig) -> Result<(), String> {
         return Err(format!("after reset BAR0 reads {id:#010x} ({access:?})"));
     }
     Ok(())
-}
-
-fn report(name: &str, r: Result<(), String>) -> u32 {
-    match r {
-        Ok(()) => {
-            println!("ok - {name}");
-            0
-        }
-        Err(e) => {
-            println!("not ok - {name}: {e}");
-            1
-        }
-    }
 }
 
 /// Runs the model's checks; returns how many failed. The model and its
