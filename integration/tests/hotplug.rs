@@ -428,10 +428,8 @@ fn a_linux_guest_onlines_a_dimm_and_does_numa_bound_io_through_it_in_qemu() {
     lh::make_image(&image);
     let daemon = Daemon::start(&image, &sock);
     let started = Instant::now();
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-M", "pc", "-smp", "1"])
+    let mut qemu = testkit::guest_kit::qemu_tcg("pc", &kit.bzimage, &kit.initramfs, lh::CMDLINE)
         .args(["-m", "512M,slots=4,maxmem=4G"])
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
         .args(["-object", "memory-backend-memfd,id=mem0,size=512M,share=on"])
         .args(["-numa", "node,nodeid=0,memdev=mem0,cpus=0"])
         .args(["-numa", "node,nodeid=1"])
@@ -440,15 +438,6 @@ fn a_linux_guest_onlines_a_dimm_and_does_numa_bound_io_through_it_in_qemu() {
         .args(["-device", "vhost-user-blk-pci,chardev=c"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-        .arg("-kernel")
-        .arg(&kit.bzimage)
-        .arg("-initrd")
-        .arg(&kit.initramfs)
-        // TCG's TSC calibration is slow and erratic; give the frequency.
-        .args([
-            "-append",
-            &format!("{} tsc_early_khz=2000000 no_timer_check", lh::CMDLINE),
-        ])
         .stdout(std::fs::File::create(&serial).unwrap())
         .stderr(std::process::Stdio::null())
         .spawn()

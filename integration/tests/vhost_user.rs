@@ -77,26 +77,22 @@ fn qemu_run(kit: &testkit::guest_kit::GuestKit) -> (String, PathBuf) {
     wait_socket(&sock);
     let started = Instant::now();
     let mut qemu = Killed(
-        Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-M", "pc", "-m", "512", "-smp", "1"])
-            .args(["-nographic", "-no-reboot", "-nic", "none"])
-            .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
-            .args(["-numa", "node,memdev=mem"])
-            .arg("-chardev")
-            .arg(format!("socket,id=c,path={}", sock.display()))
-            .args(["-device", "vhost-user-blk-pci,chardev=c"])
-            .arg("-kernel")
-            .arg(&kit.bzimage)
-            .arg("-initrd")
-            .arg(&kit.initramfs)
-            .args([
-                "-append",
-                "console=ttyS0 panic=-1 quiet tsc_early_khz=2000000 no_timer_check kit_test=fio",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("qemu-system-x86_64 (.ci/run installs it)"),
+        testkit::guest_kit::qemu_tcg(
+            "pc",
+            &kit.bzimage,
+            &kit.initramfs,
+            "console=ttyS0 panic=-1 quiet kit_test=fio",
+        )
+        .args(["-m", "512"])
+        .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
+        .args(["-numa", "node,memdev=mem"])
+        .arg("-chardev")
+        .arg(format!("socket,id=c,path={}", sock.display()))
+        .args(["-device", "vhost-user-blk-pci,chardev=c"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (.ci/run installs it)"),
     );
     let mut out = String::new();
     let mut stdout = qemu.0.stdout.take().unwrap();

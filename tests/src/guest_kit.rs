@@ -68,3 +68,22 @@ fn build() -> Result<GuestKit, KitError> {
 pub fn kvm_is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
+
+/// Debian's QEMU under TCG (machine `machine`: `pc`, `q35`) booting
+/// `kernel` with `initrd`: one vCPU, no display, NIC or reboot, and the
+/// command line `append` plus what a kernel under TCG needs to boot in
+/// time (the TSC frequency given, whose calibration is slow and erratic,
+/// and no timer check, which a loaded host can fail). The caller adds
+/// memory, devices and stdio.
+pub fn qemu_tcg(machine: &str, kernel: &Path, initrd: &Path, append: &str) -> Command {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "tcg", "-M", machine, "-smp", "1"])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(format!("{append} tsc_early_khz=2000000 no_timer_check"));
+    qemu
+}

@@ -7,7 +7,7 @@
 mod assets;
 
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 struct Killed(Child);
@@ -33,24 +33,19 @@ pub fn run(limit: Duration) -> String {
 
     let started = Instant::now();
     let mut qemu = Killed(
-        Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-M", "q35", "-m", "2048", "-smp", "1"])
-            .args(["-nographic", "-no-reboot", "-nic", "none"])
-            .args(["-device", "intel-iommu,caching-mode=on"])
-            .args(["-device", "edu"])
-            .arg("-kernel")
-            .arg(&kit.bzimage)
-            .arg("-initrd")
-            .arg(&initrd)
-            .args([
-                "-append",
-                "console=ttyS0 panic=-1 quiet tsc_early_khz=2000000 no_timer_check \
-                 intel_iommu=on iommu=pt kit_test=vfio-nested",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qemu-system-x86_64 (.ci/run installs it)"),
+        testkit::guest_kit::qemu_tcg(
+            "q35",
+            &kit.bzimage,
+            &initrd,
+            "console=ttyS0 panic=-1 quiet intel_iommu=on iommu=pt kit_test=vfio-nested",
+        )
+        .args(["-m", "2048"])
+        .args(["-device", "intel-iommu,caching-mode=on"])
+        .args(["-device", "edu"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64 (.ci/run installs it)"),
     );
     let mut stdout = qemu.0.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
