@@ -50,21 +50,7 @@ pub fn build_in(target_dir: &Path) -> Result<PathBuf, ProbeError> {
     // The probe's flags come from its own .cargo/config.toml; flags, a
     // target or a compiler wrapper (clippy's) meant for the outer build
     // would override them.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET_DIR",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CLIPPY_ARGS",
-        "CARGO_MAKEFLAGS",
-        "MAKEFLAGS",
-    ] {
-        command.env_remove(var);
-    }
+    crate::process::clear_outer_cargo_env(&mut command);
     let output = command
         .output()
         .map_err(|e| ProbeError::Spawn(e.to_string()))?;

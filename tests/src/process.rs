@@ -42,3 +42,25 @@ impl std::io::Write for Captured {
         Ok(())
     }
 }
+
+/// Removes from `cmd` what an outer cargo (a test run, clippy) passes down
+/// for its own build: flags, a target, a target directory, a compiler
+/// wrapper, jobserver flags. For an inner cargo build with settings of its
+/// own (the probe's `.cargo/config.toml`, a static vfio-nested).
+pub fn clear_outer_cargo_env(cmd: &mut std::process::Command) {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET_DIR",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CLIPPY_ARGS",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+}

@@ -38,26 +38,13 @@ pub fn build_program() -> PathBuf {
     cmd.current_dir(&workspace)
         .args(["build", "--quiet", "--locked", "-p", "integration"])
         .args(["--bin", "vfio-nested", "--target", TARGET, "--target-dir"])
-        .arg(&target_dir)
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "-Ctarget-feature=+crt-static\x1f-Cstrip=debuginfo",
-        );
+        .arg(&target_dir);
     // What an outer cargo passes down is meant for its own build.
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET_DIR",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CLIPPY_ARGS",
-        "CARGO_MAKEFLAGS",
-        "MAKEFLAGS",
-    ] {
-        cmd.env_remove(var);
-    }
+    testkit::process::clear_outer_cargo_env(&mut cmd);
+    cmd.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        "-Ctarget-feature=+crt-static\x1f-Cstrip=debuginfo",
+    );
     let out = cmd.output().expect("running cargo to build vfio-nested");
     assert!(
         out.status.success(),
