@@ -13,7 +13,7 @@ use core::fmt::{self, Write};
 use crate::blk::mmio::{fence, rd, wr};
 use crate::blk::timer::Deadline;
 use crate::blk::transport::{alloc_mmio, assign_bars, find_caps, msix_enable, msix_set};
-use crate::{intr, ioapic};
+use crate::{intr, ioapic, lapic};
 use crate::pci::{self, Bdf};
 
 const VENDOR: u16 = 0x1234;
@@ -21,8 +21,6 @@ const DEVICE: u16 = 0x11e8;
 const VECTOR: u8 = 0x70;
 /// Above the other checks' vectors (all below 0x80), for `intr::window`.
 const INTX_VECTOR: u8 = intr::COUNTED;
-const LAPIC_IRR: u64 = 0xfee0_0200;
-const APIC_SVR: u64 = 0xfee0_00f0;
 const SRC: u64 = 48 << 20;
 const DST: u64 = SRC + 0x1000;
 const LEN: u64 = 0x800;
@@ -58,18 +56,13 @@ fn check(bdf: Bdf, what: fmt::Arguments, passed: bool, detail: fmt::Arguments) {
     crate::tap::check(name, passed, detail);
 }
 
-fn irr(vector: u8) -> bool {
-    rd::<u32>(LAPIC_IRR + 0x10 * u64::from(vector / 32)) >> (vector % 32) & 1 == 1
-}
-
 pub fn run() {
     let found = pci::find_first(VENDOR, DEVICE);
     let Some(bdf) = found else {
         crate::diag!("edu: no device");
         return;
     };
-    // KVM drops fixed interrupts to a software-disabled local APIC.
-    wr::<u32>(APIC_SVR, 0x1ff);
+    lapic::enable();
     let second = crate::reset::second_boot();
     crate::diag!("edu {bdf}: {} boot", if second { "second" } else { "first" });
     checks(bdf, if second { 0x5a } else { 0xa5 });
@@ -133,12 +126,12 @@ fn checks(bdf: Bdf, seed: u8) {
         wr::<u8>(SRC + i, pattern(i));
         wr::<u8>(DST + i, 0);
     }
-    let before = irr(VECTOR);
+    let before = lapic::irr(VECTOR);
     let status = edu.dma(SRC, DEV_BUF, LEN, DMA_IRQ);
     let mut deadline = Deadline::after_ms(1000);
-    let mut seen = irr(VECTOR);
+    let mut seen = lapic::irr(VECTOR);
     while !seen && !deadline.expired() {
-        seen = irr(VECTOR);
+        seen = lapic::irr(VECTOR);
     }
     let irq_status = edu.r(0x24);
     check(
@@ -184,12 +177,12 @@ fn intx(bdf: Bdf, edu: &Edu) {
     }
     let gsi = u32::from(line);
     ioapic::route(gsi, INTX_VECTOR, ioapic::LEVEL | ioapic::ACTIVE_LOW);
-    let before = irr(INTX_VECTOR);
+    let before = lapic::irr(INTX_VECTOR);
     edu.w(0x60, 1);
     let mut deadline = Deadline::after_ms(1000);
-    let mut seen = irr(INTX_VECTOR);
+    let mut seen = lapic::irr(INTX_VECTOR);
     while !seen && !deadline.expired() {
-        seen = irr(INTX_VECTOR);
+        seen = lapic::irr(INTX_VECTOR);
     }
     let entry = ioapic::entry(gsi);
     check(
@@ -203,7 +196,7 @@ fn intx(bdf: Bdf, edu: &Edu) {
     edu.w(0x64, 1);
     let drained = intr::window(200, |_| false);
     let after = intr::window(200, |_| false);
-    let (status, pending) = (edu.r(0x24), irr(INTX_VECTOR));
+    let (status, pending) = (edu.r(0x24), lapic::irr(INTX_VECTOR));
     edu.w(0x08, 4);
     let fact = edu.r(0x08);
     check(

@@ -31,6 +31,7 @@ mod edu;
 mod entry;
 mod intr;
 mod ioapic;
+mod lapic;
 mod mem;
 mod memloop;
 mod memtable;

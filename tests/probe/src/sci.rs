@@ -3,13 +3,10 @@
 //! interrupts off, so an assertion shows as the vector's bit in the local
 //! APIC's IRR (it stays there: the probe never takes the interrupt).
 
-use crate::blk::mmio::{rd, wr};
 use crate::blk::timer::Deadline;
-use crate::ioapic;
 use crate::port::outb;
+use crate::{ioapic, lapic};
 
-const LAPIC_IRR: u64 = 0xfee0_0200;
-const APIC_SVR: u64 = 0xfee0_00f0;
 const SCI_PIN: u32 = 9;
 pub const VECTOR: u8 = 0x72;
 /// GPE0 status (write 1 to clear) and, 2 bytes on, enable.
@@ -17,15 +14,14 @@ pub const GPE0: u16 = 0xafe0;
 
 /// Routes pin 9 to [`VECTOR`] on APIC 0 and enables the GPE0 `bits`.
 pub fn route(gpe_bits: u8) {
-    // KVM drops fixed interrupts to a software-disabled local APIC.
-    wr::<u32>(APIC_SVR, 0x1ff);
+    lapic::enable();
     ioapic::route(SCI_PIN, VECTOR, ioapic::LEVEL);
     outb(GPE0 + 2, gpe_bits);
 }
 
 /// Whether the SCI's vector is pending in the IRR.
 pub fn pending() -> bool {
-    rd::<u32>(LAPIC_IRR + 0x10 * u64::from(VECTOR / 32)) >> (VECTOR % 32) & 1 == 1
+    lapic::irr(VECTOR)
 }
 
 /// Waits (bounded) for the SCI's vector.

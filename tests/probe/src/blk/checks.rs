@@ -12,18 +12,12 @@ use super::{label, Options, Why};
 use crate::blk_check;
 use crate::pci::Bdf;
 
-const LAPIC_IRR: u64 = 0xfee0_0200;
 /// Buffer layout (per device): stamped-set write area, read area, misc.
 const WRITE_AREA: u64 = 0;
 const READ_AREA: u64 = 0x8000;
 const MISC: u64 = 0x10000;
 const BUF_BYTES: u64 = 0x11000;
 const STAMPED: usize = 48;
-
-fn irr(vector: u8) -> bool {
-    let word = rd::<u32>(LAPIC_IRR + 0x10 * u64::from(vector / 32));
-    word >> (vector % 32) & 1 == 1
-}
 
 /// The stamped set as requests: 16 single-sector ones, two of 8 sectors,
 /// one of 16 sectors over `per`-sector descriptors, queues round robin.
@@ -121,13 +115,13 @@ pub fn run(bdf: Bdf, vector_base: u8, opts: &Options) {
     // right not to interrupt.
     for q in 0..d.nq {
         let v = d.vector(q as u16 + 1);
-        let before = irr(v);
+        let before = crate::lapic::irr(v);
         let submitted = d.submit(&Io::new(q, T_IN, 0).buf(ra, 512)).is_some();
         d.queues[q].kick();
         let mut deadline = Deadline::after_ms(1000);
-        let mut seen = irr(v);
+        let mut seen = crate::lapic::irr(v);
         while submitted && !seen && !deadline.expired() {
-            seen = irr(v);
+            seen = crate::lapic::irr(v);
         }
         let mut status = S_TIMEOUT;
         let mut deadline = Deadline::after_ms(5000);

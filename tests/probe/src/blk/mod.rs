@@ -28,8 +28,6 @@ use crate::pci::{self, Bdf};
 pub const VENDOR: u16 = 0x1af4;
 pub const DEVICE: u16 = 0x1042;
 const MAX_DEVICES: usize = 11;
-/// Local APIC spurious-interrupt vector register: software enable (bit 8).
-const APIC_SVR: u64 = 0xfee0_00f0;
 
 /// A check name `virtio-blk BDF what`, formatted on the stack.
 pub struct Label {
@@ -93,8 +91,7 @@ pub fn run(cmdline: &Cmdline) {
         crate::diag!("virtio-blk: no device");
         return;
     }
-    // KVM drops fixed interrupts to a software-disabled local APIC.
-    mmio::wr::<u32>(APIC_SVR, 0x1ff);
+    crate::lapic::enable();
     if let Some(bench) = bench::Options::parse(cmdline) {
         bench::run(bdfs[0], &bench);
         for bdf in &bdfs[1..n] {
