@@ -228,8 +228,8 @@ mod tests {
     use crate::memory::{Memory, MemoryRegion};
     use vm_memory::{Bytes, GuestMemoryBackend};
 
-    #[test]
-    fn the_view_follows_ram_and_a_snapshot_outlives_removal() {
+    /// A 4 GiB address space with a DMA view listening to it.
+    fn viewed_space() -> (Memory, MemoryRegion, DmaView) {
         let memory = Memory::new();
         let root = MemoryRegion::container("root", 1 << 32);
         let space = memory.add_address_space("memory", root.clone());
@@ -237,6 +237,12 @@ mod tests {
         memory
             .register_listener(&space, Box::new(view.listener()))
             .unwrap();
+        (memory, root, view)
+    }
+
+    #[test]
+    fn the_view_follows_ram_and_a_snapshot_outlives_removal() {
+        let (memory, root, view) = viewed_space();
         let low = MemoryRegion::ram("low", 1 << 20).unwrap();
         let dimm = MemoryRegion::ram("dimm", 1 << 20).unwrap();
         let mmio = MemoryRegion::container("mmio", 0x1000);
@@ -270,13 +276,7 @@ mod tests {
 
     #[test]
     fn device_writes_mark_pages_only_while_logging() {
-        let memory = Memory::new();
-        let root = MemoryRegion::container("root", 1 << 32);
-        let space = memory.add_address_space("memory", root.clone());
-        let view = DmaView::default();
-        memory
-            .register_listener(&space, Box::new(view.listener()))
-            .unwrap();
+        let (memory, root, view) = viewed_space();
         let ram = MemoryRegion::ram("ram", 1 << 20).unwrap();
         let tx = memory.begin();
         tx.add_subregion(&root, 0, &ram).unwrap();
